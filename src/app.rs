@@ -1,0 +1,223 @@
+//! The shared state every handler sees, the assembled router, and the `serve` lifecycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::config::{Secret, Settings};
+use crate::error::AppError;
+use crate::matrix::MatrixClient;
+use crate::namespace::Namespace;
+use crate::store::Store;
+use crate::{appservice, ops, registration, telemetry};
+
+/// How long a processed transaction id is remembered; homeservers retry only their latest one.
+const TRANSACTION_ID_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub hs_token: Arc<Secret>,
+    pub namespace: Arc<Namespace>,
+    pub matrix: MatrixClient,
+    pub metrics: PrometheusHandle,
+    /// Woken whenever the inbox gains rows, so workers need not poll hard.
+    pub inbox_signal: Arc<Notify>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, store: Store, registration: &ruma::api::appservice::Registration) -> Self {
+        let matrix = MatrixClient::new(&settings.homeserver_url, Secret::new(registration.as_token.clone()));
+        Self {
+            namespace: Arc::new(Namespace::new(&settings)),
+            settings: Arc::new(settings),
+            store,
+            hs_token: Arc::new(Secret::new(registration.hs_token.clone())),
+            matrix,
+            metrics: telemetry::metrics_handle(),
+            inbox_signal: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// The appservice routes, plus the ops routes unless they have their own listener.
+pub fn router(state: AppState, with_ops: bool) -> Router {
+    let mut router = appservice::router(state.clone());
+    if with_ops {
+        router = router.merge(ops::router());
+    }
+    router
+        .fallback(|| async { AppError::Unrecognized })
+        // The transaction handler enforces the configured limit itself, to answer in Matrix JSON.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(telemetry::record_http_metrics))
+        .with_state(state)
+}
+
+/// A started service: listening, with its background tasks running.
+pub struct Running {
+    pub address: SocketAddr,
+    pub ops_address: Option<SocketAddr>,
+    state: AppState,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    shutdown: ShutdownSignal,
+}
+
+impl Running {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then closes the database pool.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        for server in self.servers {
+            server.await.context("server task panicked")?.context("server failed")?;
+        }
+        self.state.store.close().await;
+        Ok(())
+    }
+}
+
+/// Loads the registration, opens and migrates the database, binds the listeners and starts serving.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let registration = registration::load_for(&settings)?;
+    let store = Store::connect(&settings.database_url, settings.raw.database_max_connections)
+        .await
+        .with_context(|| format!("cannot open the database ({})", redact_url(&settings.database_url)))?;
+    store.migrate().await.context("cannot apply database migrations")?;
+    let state = AppState::new(settings, store, &registration);
+    telemetry::spawn_metrics_upkeep(state.metrics.clone());
+    spawn_transaction_pruning(state.store.clone());
+
+    let shutdown = ShutdownSignal::new();
+    let bind = state.settings.raw.bind;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener.local_addr()?;
+    let ops_bind = state.settings.raw.ops_bind;
+    let mut servers = vec![spawn_server(
+        listener,
+        router(state.clone(), ops_bind.is_none()),
+        shutdown.clone(),
+    )];
+    let ops_address = match ops_bind {
+        Some(ops_bind) => {
+            let listener = TcpListener::bind(ops_bind)
+                .await
+                .with_context(|| format!("cannot listen on {ops_bind}"))?;
+            let ops_address = listener.local_addr()?;
+            let ops = ops::router()
+                .layer(axum::middleware::from_fn(telemetry::record_http_metrics))
+                .with_state(state.clone());
+            servers.push(spawn_server(listener, ops, shutdown.clone()));
+            Some(ops_address)
+        }
+        None => None,
+    };
+    tracing::info!(%address, ?ops_address, homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
+    Ok(Running {
+        address,
+        ops_address,
+        state,
+        servers,
+        shutdown,
+    })
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    router: Router,
+    shutdown: ShutdownSignal,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.wait())
+            .await
+    })
+}
+
+fn spawn_transaction_pruning(store: Store) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            interval.tick().await;
+            match store
+                .prune_transactions(TRANSACTION_ID_RETENTION.as_millis() as i64)
+                .await
+            {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "forgot old transaction ids"),
+                Err(error) => tracing::warn!(%error, "cannot prune old transaction ids"),
+            }
+        }
+    });
+}
+
+/// `serve`: run until SIGTERM or SIGINT, then shut down gracefully.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let running = start(settings).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM can be handled");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Database URLs may carry a password; logs and errors show everything but it.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A one-shot broadcast: every server waits on the same trigger.
+#[derive(Clone)]
+struct ShutdownSignal {
+    sender: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ShutdownSignal {
+    fn new() -> Self {
+        Self {
+            sender: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    fn trigger(&self) {
+        self.sender.send_replace(true);
+    }
+
+    async fn wait(self) {
+        let mut receiver = self.sender.subscribe();
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    }
+}

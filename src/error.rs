@@ -1,0 +1,75 @@
+//! The one error type of the HTTP side: every failure becomes Matrix error JSON, built with
+//! ruma's error types so the shape is the spec's.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::{
+    OutgoingResponseExt,
+    error::{Error as RumaError, ErrorBody, ErrorKind, StandardErrorBody},
+};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no access token was given")]
+    MissingToken,
+    #[error("the access token is not the homeserver's token")]
+    Forbidden,
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body is JSON but not what this endpoint takes: {0}")]
+    BadJson(String),
+    #[error("the body is larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("unrecognized request")]
+    Unrecognized,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AppError {
+    fn status_and_kind(&self) -> (StatusCode, ErrorKind) {
+        match self {
+            Self::MissingToken => (StatusCode::UNAUTHORIZED, ErrorKind::MissingToken),
+            Self::Forbidden => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+            Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
+            Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+            Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+            Self::Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
+            Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_kind();
+        let message = match &self {
+            Self::Store(e) => {
+                // The homeserver retries a failed transaction, so nothing is lost; the operator
+                // needs the cause, the caller does not.
+                tracing::error!(error = %e, "request failed on the database");
+                "internal error; the request may be retried".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let error = RumaError::new(status, ErrorBody::Standard(StandardErrorBody::new(kind, message)));
+        match error.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response.map(axum::body::Body::from).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise an error response");
+                status.into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! letta-matrix: a Matrix application service that gives every Letta agent its own Matrix user.
+//!
+//! Data flows one way: homeserver → `appservice` → `store` (inbox) → relay → `letta` → `matrix`
+//! → homeserver. See docs/ARCHITECTURE.md.
+
+pub mod app;
+pub mod appservice;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod letta;
+pub mod matrix;
+pub mod namespace;
+pub mod ops;
+pub mod registration;
+pub mod store;
+pub mod telemetry;

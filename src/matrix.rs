@@ -1,0 +1,382 @@
+//! Outbound client-server calls, as the appservice bot or as a ghost (identity assertion with
+//! `?user_id=`). Requests and responses are ruma's types; reqwest only carries the bytes.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ruma::api::{
+    AppserviceUserIdentity, IncomingResponseExt, OutgoingRequest, OutgoingRequestAppserviceExt, SupportedVersions,
+    auth_scheme::{AuthScheme, SendAccessToken},
+    client::{
+        account::{
+            register::{self, LoginType},
+            whoami,
+        },
+        appservice::request_ping,
+        discovery::get_supported_versions,
+        membership::{invite_user, join_room_by_id_or_alias},
+        message::send_message_event,
+        room::create_room,
+        state::send_state_event,
+        uiaa::UiaaResponse,
+    },
+    error::{Error as RumaError, ErrorKind, FromHttpResponseError, IntoHttpError},
+    path_builder::{PathBuilder, SinglePath, VersionHistory},
+};
+use ruma::events::{MessageLikeEventContent, StateEventContent};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId};
+
+use crate::config::Secret;
+
+/// Every stable client-server endpoint we call exists since v1.1; claiming a version lets ruma
+/// pick stable paths without a `/versions` round trip at start.
+const ASSUMED_SPEC_VERSION: &str = "v1.11";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error("cannot reach the homeserver: {0}")]
+    Transport(String),
+    #[error("the homeserver refused: {0}")]
+    Api(RumaError),
+    #[error("the homeserver asked for interactive authentication, which appservices cannot do")]
+    InteractiveAuth,
+    #[error("the homeserver's response cannot be read: {0}")]
+    Response(String),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] IntoHttpError),
+}
+
+impl MatrixError {
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Api(error) => error.error_kind(),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<http::StatusCode> {
+        match self {
+            Self::Api(error) => Some(error.status_code),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before trying again, or `None` when trying again cannot help.
+    fn retry_delay(&self) -> Option<Option<Duration>> {
+        match self {
+            Self::Transport(_) => Some(None),
+            Self::Api(error) => match error.error_kind() {
+                Some(ErrorKind::LimitExceeded(data)) => Some(data.retry_after.as_ref().map(|after| match after {
+                    ruma::api::error::RetryAfter::Delay(delay) => *delay,
+                    ruma::api::error::RetryAfter::DateTime(at) => {
+                        at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+                    }
+                })),
+                _ if error.status_code.is_server_error() => Some(None),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Endpoint errors come in two shapes (plain, and the registration's UIAA one); both hold a
+/// standard Matrix error when the homeserver refuses an appservice.
+pub trait IntoMatrixError {
+    fn into_matrix_error(self) -> MatrixError;
+}
+
+impl IntoMatrixError for RumaError {
+    fn into_matrix_error(self) -> MatrixError {
+        MatrixError::Api(self)
+    }
+}
+
+impl IntoMatrixError for UiaaResponse {
+    fn into_matrix_error(self) -> MatrixError {
+        match self {
+            UiaaResponse::MatrixError(error) => MatrixError::Api(error),
+            _ => MatrixError::InteractiveAuth,
+        }
+    }
+}
+
+/// Gives each kind of endpoint path the input it needs to choose its URL.
+pub trait PathInput: PathBuilder {
+    fn input(versions: &SupportedVersions) -> Self::Input<'_>;
+}
+
+impl PathInput for VersionHistory {
+    fn input(versions: &SupportedVersions) -> Self::Input<'_> {
+        Cow::Borrowed(versions)
+    }
+}
+
+impl PathInput for SinglePath {
+    fn input(_: &SupportedVersions) -> Self::Input<'_> {}
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter, so replicas retrying together spread out.
+    fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .first_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay);
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).unwrap_or_default();
+        let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
+        ceiling.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MatrixClient {
+    http: reqwest::Client,
+    homeserver: String,
+    as_token: Secret,
+    versions: SupportedVersions,
+    retry: RetryPolicy,
+}
+
+impl MatrixClient {
+    pub fn new(homeserver_url: &url::Url, as_token: Secret) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("letta-matrix/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS backend is compiled in");
+        let versions = SupportedVersions::from_parts(&[ASSUMED_SPEC_VERSION.to_owned()], &BTreeMap::new());
+        Self {
+            http,
+            homeserver: homeserver_url.as_str().trim_end_matches('/').to_owned(),
+            as_token,
+            versions,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sends `request` as `as_user` (the bot when `None`), retrying transport failures, 5xx and
+    /// rate limits. Callers make retries safe: every event send carries a caller-chosen txn id.
+    pub async fn send<R>(&self, request: R, as_user: Option<&UserId>) -> Result<R::IncomingResponse, MatrixError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: IntoMatrixError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let error = match self.send_once(request.clone(), as_user).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            attempt += 1;
+            let Some(delay) = error.retry_delay().filter(|_| attempt < self.retry.attempts) else {
+                return Err(error);
+            };
+            let delay = delay
+                .unwrap_or_else(|| self.retry.delay(attempt))
+                .min(self.retry.max_delay * 6);
+            tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, endpoint = R::PATH_BUILDER.select_path(R::PathBuilder::input(&self.versions)).unwrap_or("?"), "homeserver call failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn send_once<R>(&self, request: R, as_user: Option<&UserId>) -> Result<R::IncomingResponse, MatrixError>
+    where
+        R: OutgoingRequest,
+        R::EndpointError: IntoMatrixError,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let identity = as_user.map(AppserviceUserIdentity::new).unwrap_or_default();
+        let http_request = request.try_into_http_request_with_identity::<Vec<u8>>(
+            &self.homeserver,
+            SendAccessToken::Appservice(self.as_token.expose()),
+            identity,
+            R::PathBuilder::input(&self.versions),
+        )?;
+        let request = reqwest::Request::try_from(http_request).map_err(|e| MatrixError::Transport(e.to_string()))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| MatrixError::Transport(without_url(e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| MatrixError::Transport(without_url(e)))?;
+        let mut http_response = http::Response::builder().status(status);
+        if let Some(all) = http_response.headers_mut() {
+            *all = headers;
+        }
+        let http_response = http_response
+            .body(body.as_ref())
+            .map_err(|e| MatrixError::Response(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|error| match error {
+            FromHttpResponseError::Server(error) => error.into_matrix_error(),
+            other => MatrixError::Response(other.to_string()),
+        })
+    }
+
+    /// Registers a ghost; one that exists already is what we wanted.
+    pub async fn register_ghost(&self, localpart: &str) -> Result<(), MatrixError> {
+        let mut request = register::v3::Request::new();
+        request.username = Some(localpart.to_owned());
+        request.inhibit_login = true;
+        request.login_type = Some(LoginType::ApplicationService);
+        match self.send(request, None).await {
+            Ok(_) => Ok(()),
+            Err(error) if matches!(error.kind(), Some(ErrorKind::UserInUse)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn join(&self, room: OwnedRoomOrAliasId, as_user: &UserId) -> Result<OwnedRoomId, MatrixError> {
+        let response = self
+            .send(join_room_by_id_or_alias::v3::Request::new(room), Some(as_user))
+            .await?;
+        Ok(response.room_id)
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        as_user: Option<&UserId>,
+    ) -> Result<(), MatrixError> {
+        let request = invite_user::v3::Request::new(
+            room_id.to_owned(),
+            invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user_id.to_owned())),
+        );
+        self.send(request, as_user).await.map(drop)
+    }
+
+    pub async fn create_room(
+        &self,
+        request: create_room::v3::Request,
+        as_user: Option<&UserId>,
+    ) -> Result<OwnedRoomId, MatrixError> {
+        Ok(self.send(request, as_user).await?.room_id)
+    }
+
+    /// Sends a message event under a txn id the caller derives from its cause, so a retry (ours or
+    /// after a crash) is deduplicated by the homeserver.
+    pub async fn send_message<C>(
+        &self,
+        room_id: &RoomId,
+        txn_id: OwnedTransactionId,
+        content: &C,
+        as_user: Option<&UserId>,
+    ) -> Result<OwnedEventId, MatrixError>
+    where
+        C: MessageLikeEventContent,
+    {
+        let request = send_message_event::v3::Request::new(room_id.to_owned(), txn_id, content)
+            .map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?;
+        Ok(self.send(request, as_user).await?.event_id)
+    }
+
+    pub async fn send_state<C>(
+        &self,
+        room_id: &RoomId,
+        state_key: &str,
+        content: &C,
+        as_user: Option<&UserId>,
+    ) -> Result<OwnedEventId, MatrixError>
+    where
+        C: StateEventContent,
+        C::StateKey: std::borrow::Borrow<str>,
+    {
+        let request = send_state_event::v3::Request::new(room_id.to_owned(), state_key, content)
+            .map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?;
+        Ok(self.send(request, as_user).await?.event_id)
+    }
+
+    /// Asks the homeserver to call our `/ping`, proving the link works both ways.
+    pub async fn ping(&self, appservice_id: &str) -> Result<Duration, MatrixError> {
+        let mut request = request_ping::v1::Request::new(appservice_id.to_owned());
+        request.transaction_id = Some(OwnedTransactionId::from(format!("check-{}", crate::store::now_ms())));
+        Ok(self.send(request, None).await?.duration)
+    }
+
+    pub async fn versions(&self) -> Result<Vec<String>, MatrixError> {
+        Ok(self.send(get_supported_versions::Request::new(), None).await?.versions)
+    }
+
+    /// The user the `as_token` acts as: proves the homeserver knows our registration.
+    pub async fn whoami(&self) -> Result<ruma::OwnedUserId, MatrixError> {
+        Ok(self.send(whoami::v3::Request::new(), None).await?.user_id)
+    }
+}
+
+/// reqwest puts the full URL in its errors; the query may hold `user_id`, never a token, but a
+/// short message reads better in logs.
+fn without_url(error: reqwest::Error) -> String {
+    let kind = if error.is_connect() {
+        "connection failed"
+    } else if error.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    let mut message = kind.to_owned();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let first = policy.delay(0);
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        let late = policy.delay(12);
+        assert!(
+            late >= Duration::from_millis(500) && late <= Duration::from_secs(1),
+            "{late:?}"
+        );
+    }
+}
