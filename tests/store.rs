@@ -1,0 +1,168 @@
+//! The store on both real engines: every query runs on SQLite and on PostgreSQL.
+
+mod support;
+
+use letta_matrix::store::{InboxEvent, InboxState, NewInboxEvent, Store, TransactionOutcome};
+use support::db::TestDatabase;
+
+/// Runs one check against a fresh SQLite file and a fresh PostgreSQL database.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::TestDatabase::sqlite()).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::TestDatabase::postgres().await).await })*
+        }
+    };
+}
+
+on_both_engines!(
+    transaction_is_stored_once,
+    event_in_two_transactions_is_stored_once,
+    large_transaction_keeps_order_per_room,
+    concurrent_delivery_of_one_transaction_stores_once,
+    migrations_are_tracked,
+    agents_are_found_by_ghost_and_alias,
+    bridge_room_is_recorded_once,
+    old_transaction_ids_are_pruned,
+);
+
+fn message(n: usize, room: &str) -> NewInboxEvent {
+    NewInboxEvent {
+        event_id: format!("$event{n}"),
+        room_id: room.to_owned(),
+        sender: "@alice:example.org".into(),
+        event_type: "m.room.message".into(),
+        kind: InboxEvent::Message,
+        event_json: format!(r#"{{"n":{n}}}"#),
+    }
+}
+
+async fn transaction_is_stored_once(db: TestDatabase) {
+    let store = db.open().await;
+    let events = vec![message(1, "!a:x"), message(2, "!a:x")];
+    assert_eq!(
+        store.record_transaction("t1", &events).await.unwrap(),
+        TransactionOutcome::Stored { events: 2 }
+    );
+    assert_eq!(
+        store.record_transaction("t1", &events).await.unwrap(),
+        TransactionOutcome::Duplicate
+    );
+    let lane = store.inbox_for_room("!a:x").await.unwrap();
+    assert_eq!(lane.len(), 2);
+    assert_eq!(lane[0].event_json, r#"{"n":1}"#);
+    assert_eq!(
+        (lane[0].state.as_str(), lane[0].kind.as_str(), lane[0].txn_id.as_str()),
+        ("pending", "message", "t1")
+    );
+    assert!(store.is_transaction_processed("t1").await.unwrap());
+    assert_eq!(store.inbox_count(InboxState::Pending).await.unwrap(), 2);
+}
+
+async fn event_in_two_transactions_is_stored_once(db: TestDatabase) {
+    let store = db.open().await;
+    store.record_transaction("t1", &[message(1, "!a:x")]).await.unwrap();
+    let second = store
+        .record_transaction("t2", &[message(1, "!a:x"), message(2, "!a:x")])
+        .await
+        .unwrap();
+    assert_eq!(second, TransactionOutcome::Stored { events: 1 });
+    assert_eq!(store.inbox_for_room("!a:x").await.unwrap().len(), 2);
+    // An empty transaction still counts as processed.
+    assert_eq!(
+        store.record_transaction("t3", &[]).await.unwrap(),
+        TransactionOutcome::Stored { events: 0 }
+    );
+    assert!(store.is_transaction_processed("t3").await.unwrap());
+}
+
+async fn large_transaction_keeps_order_per_room(db: TestDatabase) {
+    let store = db.open().await;
+    let events: Vec<_> = (0..250)
+        .map(|n| message(n, if n % 2 == 0 { "!even:x" } else { "!odd:x" }))
+        .collect();
+    assert_eq!(
+        store.record_transaction("big", &events).await.unwrap(),
+        TransactionOutcome::Stored { events: 250 }
+    );
+    let even = store.inbox_for_room("!even:x").await.unwrap();
+    assert_eq!(even.len(), 125);
+    let order: Vec<_> = even.iter().map(|row| row.event_id.clone()).collect();
+    let expected: Vec<_> = (0..250).step_by(2).map(|n| format!("$event{n}")).collect();
+    assert_eq!(order, expected);
+    assert!(even.windows(2).all(|pair| pair[0].id < pair[1].id));
+}
+
+async fn concurrent_delivery_of_one_transaction_stores_once(db: TestDatabase) {
+    let store = db.open().await;
+    let events: Vec<_> = (0..20).map(|n| message(n, "!a:x")).collect();
+    let attempts = (0..4).map(|_| {
+        let store: Store = store.clone();
+        let events = events.clone();
+        tokio::spawn(async move { store.record_transaction("same", &events).await.unwrap() })
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o.as_ref().unwrap(), TransactionOutcome::Stored { .. }))
+        .count();
+    assert_eq!(stored, 1, "{outcomes:?}");
+    assert_eq!(store.inbox_for_room("!a:x").await.unwrap().len(), 20);
+}
+
+async fn migrations_are_tracked(db: TestDatabase) {
+    let fresh = Store::connect(&db.url, 1).await.unwrap();
+    assert!(!fresh.pending_migrations().await.unwrap().is_empty());
+    fresh.migrate().await.unwrap();
+    assert!(fresh.pending_migrations().await.unwrap().is_empty());
+    // Running them again is harmless.
+    fresh.migrate().await.unwrap();
+    fresh.ping().await.unwrap();
+}
+
+async fn agents_are_found_by_ghost_and_alias(db: TestDatabase) {
+    let store = db.open().await;
+    store
+        .upsert_agent("agent-1", "@letta_agent-1:x", "Helper", Some("helps"))
+        .await
+        .unwrap();
+    store
+        .upsert_agent("agent-1", "@letta_agent-1:x", "Renamed", None)
+        .await
+        .unwrap();
+    store
+        .set_agent_room("agent-1", "!room:x", Some("#letta_agent-1:x"))
+        .await
+        .unwrap();
+    let by_ghost = store.agent_by_ghost("@letta_agent-1:x").await.unwrap().unwrap();
+    assert_eq!((by_ghost.name.as_str(), by_ghost.description), ("Renamed", None));
+    assert_eq!(by_ghost.room_id.as_deref(), Some("!room:x"));
+    let by_alias = store.agent_by_alias("#letta_agent-1:x").await.unwrap().unwrap();
+    assert_eq!(by_alias.agent_id, "agent-1");
+    assert!(store.agent_by_ghost("@letta_other:x").await.unwrap().is_none());
+    assert_eq!(store.agents().await.unwrap().len(), 1);
+}
+
+async fn bridge_room_is_recorded_once(db: TestDatabase) {
+    let store = db.open().await;
+    assert!(store.bridge_room("space").await.unwrap().is_none());
+    assert_eq!(
+        store.set_bridge_room("space", "!first:x").await.unwrap().room_id,
+        "!first:x"
+    );
+    assert_eq!(
+        store.set_bridge_room("space", "!second:x").await.unwrap().room_id,
+        "!first:x"
+    );
+}
+
+async fn old_transaction_ids_are_pruned(db: TestDatabase) {
+    let store = db.open().await;
+    store.record_transaction("old", &[]).await.unwrap();
+    assert_eq!(store.prune_transactions(60_000).await.unwrap(), 0, "a fresh id is kept");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(store.prune_transactions(1).await.unwrap(), 1);
+    assert!(!store.is_transaction_processed("old").await.unwrap());
+}

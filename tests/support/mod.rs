@@ -1,0 +1,4 @@
+//! Test support shared by the integration tests; each test file uses a different part.
+#![allow(dead_code)]
+
+pub mod db;
