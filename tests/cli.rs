@@ -1,0 +1,132 @@
+//! The command line as an operator meets it: the real binary, real files, readable errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn letta_matrix(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_letta-matrix"));
+    command
+        .current_dir(dir)
+        .args(args)
+        .env("LETTA_MATRIX_LOG_FILTER", "warn");
+    for (key, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("LETTA_MATRIX_") && !k.starts_with("LETTA_MATRIX_TEST"))
+    {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("the binary runs")
+}
+
+const MINIMAL: &[(&str, &str)] = &[
+    ("LETTA_MATRIX_SERVER_NAME", "example.org"),
+    // Nothing listens on the discard port: commands that must not need the homeserver prove it.
+    ("LETTA_MATRIX_HOMESERVER_URL", "http://127.0.0.1:9"),
+    ("LETTA_MATRIX_LETTA_URL", "http://127.0.0.1:9"),
+];
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn registration_works_offline_is_private_and_keeps_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = letta_matrix(dir.path(), MINIMAL, &["registration", "--out", "reg.yaml"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("app_service_config_files"),
+        "tells the admin what to do next"
+    );
+    let path = dir.path().join("reg.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    assert!(yaml.contains(r"regex: '@letta_.*:example\.org'"), "{yaml}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    letta_matrix(dir.path(), MINIMAL, &["registration", "--out", "reg.yaml"]);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        yaml,
+        "a rerun keeps the tokens"
+    );
+    letta_matrix(
+        dir.path(),
+        MINIMAL,
+        &["registration", "--out", "reg.yaml", "--regenerate"],
+    );
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), yaml);
+}
+
+#[test]
+fn config_errors_are_one_readable_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = letta_matrix(dir.path(), &MINIMAL[1..], &["migrate"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = text(&missing.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("LETTA_MATRIX_SERVER_NAME"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("c.toml"), "server_name = \"example.org\"\nbind = 42\n").unwrap();
+    let bad_file = letta_matrix(dir.path(), &MINIMAL[1..], &["--config", "c.toml", "migrate"]);
+    let stderr = text(&bad_file.stderr);
+    assert_eq!(bad_file.status.code(), Some(2));
+    assert!(stderr.contains("`bind`") && stderr.contains("c.toml"), "{stderr}");
+
+    let no_file = letta_matrix(dir.path(), MINIMAL, &["--config", "absent.toml", "migrate"]);
+    assert!(
+        text(&no_file.stderr).contains("absent.toml"),
+        "{}",
+        text(&no_file.stderr)
+    );
+}
+
+#[test]
+fn migrate_creates_the_default_sqlite_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = letta_matrix(dir.path(), MINIMAL, &["migrate"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(dir.path().join("data/letta-matrix.db").exists());
+    assert!(text(&output.stdout).contains("current"));
+}
+
+#[test]
+fn serve_without_registration_says_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = letta_matrix(dir.path(), MINIMAL, &["serve"]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("registration.yaml") && stderr.contains("letta-matrix registration"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_names_every_broken_link_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    letta_matrix(dir.path(), MINIMAL, &["registration"]);
+    let output = letta_matrix(dir.path(), MINIMAL, &["check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("ok   registration"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL database") && stdout.contains("letta-matrix migrate"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL homeserver") && stdout.contains("homeserver_url"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL letta") && stdout.contains("letta_url"),
+        "{stdout}"
+    );
+    letta_matrix(dir.path(), MINIMAL, &["migrate"]);
+    let after = text(&letta_matrix(dir.path(), MINIMAL, &["check"]).stdout);
+    assert!(after.contains("ok   database"), "{after}");
+}
