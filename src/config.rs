@@ -451,6 +451,13 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let example = include_str!("../config.example.toml");
+        let settings = Settings::from_parts(example, Some(Path::new("config.example.toml")), &[]).unwrap();
+        assert_eq!(settings.invite.len(), 1);
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let mut vars = env(MINIMAL);
         vars.push(("LETTA_MATRIX_LETTA_TOKEN".into(), "sk-very-secret".into()));
