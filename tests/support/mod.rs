@@ -2,3 +2,5 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod service;
+pub mod synapse;

@@ -1,0 +1,145 @@
+//! Our own binary, run the way an operator runs it: environment config, a registration file,
+//! `serve` as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tokio::process::{Child, Command};
+
+use super::synapse::free_port;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_letta-matrix");
+
+/// The environment and files of one letta-matrix installation.
+pub struct Installation {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+}
+
+impl Installation {
+    /// A SQLite installation for `server_name`; the homeserver URL can be set later.
+    pub fn new(server_name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let env = vec![
+            ("LETTA_MATRIX_SERVER_NAME".into(), server_name.to_owned()),
+            ("LETTA_MATRIX_HOMESERVER_URL".into(), "http://127.0.0.1:9".into()),
+            ("LETTA_MATRIX_LETTA_URL".into(), "http://127.0.0.1:9".into()),
+            ("LETTA_MATRIX_BIND".into(), format!("127.0.0.1:{port}")),
+            (
+                "LETTA_MATRIX_DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
+            (
+                "LETTA_MATRIX_REGISTRATION".into(),
+                dir.path().join("registration.yaml").display().to_string(),
+            ),
+            ("LETTA_MATRIX_LOG_FILTER".into(), "letta_matrix=debug,info".into()),
+        ];
+        Self { dir, port, env }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.into()));
+    }
+
+    pub fn registration_path(&self) -> PathBuf {
+        self.dir.path().join("registration.yaml")
+    }
+
+    pub fn database_url(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.dir.path().join("data/letta-matrix.db").display()
+        )
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BINARY);
+        command
+            .current_dir(self.dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LETTA_MATRIX_")) {
+            command.env_remove(key);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Runs a one-shot command; returns (exit code, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = self.command(args).output().await.unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    }
+
+    pub async fn write_registration(&self) -> ruma::api::appservice::Registration {
+        let (code, _, stderr) = self.run(&["registration"]).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        letta_matrix::registration::load(&self.registration_path()).unwrap()
+    }
+
+    /// Starts `serve` and waits until `/ready` answers 200.
+    pub async fn serve(&self) -> anyhow::Result<Served> {
+        let log_path = self
+            .dir
+            .path()
+            .join(format!("serve-{}.log", letta_matrix::store::now_ms()));
+        let log = std::fs::File::create(&log_path)?;
+        let child = self.command(&["serve"]).stdout(log.try_clone()?).stderr(log).spawn()?;
+        let mut served = Served { child, log_path };
+        let ready_url = format!("{}/ready", self.base_url());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = served.child.try_wait()? {
+                bail!("serve exited with {status}:\n{}", served.log());
+            }
+            if reqwest::get(&ready_url).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(served);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("serve was not ready after 30 s:\n{}", served.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A running `serve`.
+pub struct Served {
+    pub child: Child,
+    log_path: PathBuf,
+}
+
+impl Served {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("still running") as i32
+    }
+
+    /// SIGTERM, as a container runtime stops us; returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        status.ok().and_then(|s| s.ok()).and_then(|s| s.code())
+    }
+}
+
+pub fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
