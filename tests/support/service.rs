@@ -1,7 +1,7 @@
 //! Our own binary, run the way an operator runs it: environment config, a registration file,
 //! `serve` as a child process.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,11 @@ impl Installation {
             .join(format!("serve-{}.log", letta_matrix::store::now_ms()));
         let log = std::fs::File::create(&log_path)?;
         let child = self.command(&["serve"]).stdout(log.try_clone()?).stderr(log).spawn()?;
-        let mut served = Served { child, log_path };
+        let mut served = Served {
+            child,
+            log_path,
+            ready_after: Duration::ZERO,
+        };
         let ready_url = format!("{}/ready", self.base_url());
         let started = Instant::now();
         loop {
@@ -105,12 +109,13 @@ impl Installation {
                 bail!("serve exited with {status}:\n{}", served.log());
             }
             if reqwest::get(&ready_url).await.is_ok_and(|r| r.status().is_success()) {
+                served.ready_after = started.elapsed();
                 return Ok(served);
             }
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("serve was not ready after 30 s:\n{}", served.log());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
@@ -119,6 +124,8 @@ impl Installation {
 pub struct Served {
     pub child: Child,
     log_path: PathBuf,
+    /// From spawning the process to the first 200 from `/ready`.
+    pub ready_after: Duration,
 }
 
 impl Served {
@@ -130,6 +137,16 @@ impl Served {
         self.child.id().expect("still running") as i32
     }
 
+    /// Resident memory, from the kernel's own accounting.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap_or("VmRSS: 0 kB");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
     /// SIGTERM, as a container runtime stops us; returns the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
         let _ = std::process::Command::new("kill")
@@ -138,8 +155,4 @@ impl Served {
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         status.ok().and_then(|s| s.ok()).and_then(|s| s.code())
     }
-}
-
-pub fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
