@@ -1,7 +1,5 @@
 //! Agents ↔ ghost users ↔ rooms, and the rooms the bridge itself owns (the space).
 
-use sqlx::AssertSqlSafe;
-
 use super::{Store, StoreError, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -80,7 +78,7 @@ impl Store {
     }
 
     async fn fetch_agent(&self, column: &'static str, value: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let agent = sqlx::query_as(AssertSqlSafe(format!("{SELECT_AGENT} WHERE {column} = $1")))
+        let agent = sqlx::query_as(&format!("{SELECT_AGENT} WHERE {column} = $1"))
             .bind(value)
             .fetch_optional(&self.pool)
             .await?;
@@ -88,7 +86,7 @@ impl Store {
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let agents = sqlx::query_as(AssertSqlSafe(format!("{SELECT_AGENT} ORDER BY created_at, agent_id")))
+        let agents = sqlx::query_as(&format!("{SELECT_AGENT} ORDER BY created_at, agent_id"))
             .fetch_all(&self.pool)
             .await?;
         Ok(agents)

@@ -5,8 +5,6 @@ use std::fmt;
 
 use sqlx::{Any, Transaction};
 
-use sqlx::AssertSqlSafe;
-
 use super::{Store, StoreError};
 
 /// What an inbox row asks of the relay.
@@ -101,7 +99,7 @@ pub(super) async fn insert_events(
     let mut stored = 0;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let sql = multi_row_insert(chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(&sql);
         for event in chunk {
             query = query
                 .bind(&event.event_id)
@@ -141,7 +139,7 @@ const SELECT_ROW: &str =
 impl Store {
     /// A room's lane, oldest first.
     pub async fn inbox_for_room(&self, room_id: &str) -> Result<Vec<InboxRow>, StoreError> {
-        let rows = sqlx::query_as(AssertSqlSafe(format!("{SELECT_ROW} WHERE room_id = $1 ORDER BY id")))
+        let rows = sqlx::query_as(&format!("{SELECT_ROW} WHERE room_id = $1 ORDER BY id"))
             .bind(room_id)
             .fetch_all(&self.pool)
             .await?;
@@ -149,7 +147,7 @@ impl Store {
     }
 
     pub async fn inbox_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
-        let row = sqlx::query_as(AssertSqlSafe(format!("{SELECT_ROW} WHERE event_id = $1")))
+        let row = sqlx::query_as(&format!("{SELECT_ROW} WHERE event_id = $1"))
             .bind(event_id)
             .fetch_optional(&self.pool)
             .await?;

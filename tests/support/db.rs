@@ -32,7 +32,7 @@ impl TestDatabase {
         let mut admin = sqlx::AnyConnection::connect(&base)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {base}: {e}"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
             .unwrap();
