@@ -13,5 +13,6 @@ pub mod matrix;
 pub mod namespace;
 pub mod ops;
 pub mod registration;
+pub mod retry;
 pub mod store;
 pub mod telemetry;

@@ -13,10 +13,12 @@ use ruma::api::{
             register::{self, LoginType},
             whoami,
         },
+        alias::get_alias,
         appservice::request_ping,
         discovery::get_supported_versions,
-        membership::{invite_user, join_room_by_id_or_alias},
+        membership::{invite_user, join_room_by_id_or_alias, leave_room},
         message::send_message_event,
+        profile::set_profile_field,
         room::create_room,
         state::send_state_event,
         uiaa::UiaaResponse,
@@ -25,9 +27,11 @@ use ruma::api::{
     path_builder::{PathBuilder, SinglePath, VersionHistory},
 };
 use ruma::events::{MessageLikeEventContent, StateEventContent};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId};
+use ruma::profile::ProfileFieldValue;
+use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId};
 
 use crate::config::Secret;
+pub use crate::retry::RetryPolicy;
 
 /// Every stable client-server endpoint we call exists since v1.1; claiming a version lets ruma
 /// pick stable paths without a `/versions` round trip at start.
@@ -115,37 +119,6 @@ impl PathInput for VersionHistory {
 
 impl PathInput for SinglePath {
     fn input(_: &SupportedVersions) -> Self::Input<'_> {}
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 6,
-            first_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Exponential backoff with full jitter, so replicas retrying together spread out.
-    fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .first_delay
-            .saturating_mul(1 << attempt.min(16))
-            .min(self.max_delay);
-        let mut random = [0u8; 4];
-        getrandom::fill(&mut random).unwrap_or_default();
-        let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
-        ceiling.mul_f64(0.5 + fraction / 2.0)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -320,6 +293,39 @@ impl MatrixClient {
         Ok(self.send(request, as_user).await?.event_id)
     }
 
+    pub async fn set_display_name(&self, user_id: &UserId, name: &str) -> Result<(), MatrixError> {
+        let request =
+            set_profile_field::v3::Request::new(user_id.to_owned(), ProfileFieldValue::DisplayName(name.to_owned()));
+        self.send(request, Some(user_id)).await.map(drop)
+    }
+
+    /// The room an alias points at, or `None` when the alias does not exist.
+    pub async fn resolve_alias(&self, alias: &OwnedRoomAliasId) -> Result<Option<OwnedRoomId>, MatrixError> {
+        match self.send(get_alias::v3::Request::new(alias.clone()), None).await {
+            Ok(response) => Ok(Some(response.room_id)),
+            Err(error) if matches!(error.kind(), Some(ErrorKind::NotFound)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Leaves a room; not being in it (any more) is the same outcome.
+    pub async fn leave(&self, room_id: &RoomId, as_user: &UserId) -> Result<(), MatrixError> {
+        match self
+            .send(leave_room::v3::Request::new(room_id.to_owned()), Some(as_user))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error.status() == Some(http::StatusCode::FORBIDDEN)
+                    || matches!(error.kind(), Some(ErrorKind::NotFound)) =>
+            {
+                tracing::debug!(%error, %room_id, user = %as_user, "leave: not in the room");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Asks the homeserver to call our `/ping`, proving the link works both ways.
     pub async fn ping(&self, appservice_id: &str) -> Result<Duration, MatrixError> {
         let mut request = request_ping::v1::Request::new(appservice_id.to_owned());
@@ -355,28 +361,4 @@ fn without_url(error: reqwest::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            attempts: 10,
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        let first = policy.delay(0);
-        assert!(
-            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-            "{first:?}"
-        );
-        let late = policy.delay(12);
-        assert!(
-            late >= Duration::from_millis(500) && late <= Duration::from_secs(1),
-            "{late:?}"
-        );
-    }
 }

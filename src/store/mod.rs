@@ -8,6 +8,7 @@
 
 mod agents;
 mod inbox;
+mod leader;
 mod transactions;
 
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use agents::{AgentRecord, BridgeRoom};
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
+pub use leader::Leadership;
 pub use transactions::TransactionOutcome;
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -64,6 +66,11 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Kept for sessions that must live outside the pool (the leadership lock).
+    url: std::sync::Arc<str>,
+    /// SQLite has one writer; queueing here is fair, where its busy handler sleeps in growing
+    /// steps and turns contention into 100 ms stalls.
+    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -94,7 +101,12 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.into(),
+            sqlite_writer: Default::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -127,6 +139,14 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Held around write transactions: serialises them on SQLite, free on PostgreSQL.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -20,6 +20,7 @@ impl Store {
         events: &[NewInboxEvent],
     ) -> Result<TransactionOutcome, StoreError> {
         let received_at = now_ms();
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO processed_transactions (txn_id, received_at) VALUES ($1, $2) ON CONFLICT (txn_id) DO NOTHING",
