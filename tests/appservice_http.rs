@@ -237,7 +237,7 @@ async fn user_and_alias_queries_answer_only_for_what_we_know() {
     );
 
     h.store
-        .upsert_agent("agent-1", "@letta_agent-1:example.org", "Helper", None)
+        .insert_agent("agent-1", "@letta_agent-1:example.org", "Helper", None)
         .await
         .unwrap();
     assert_eq!(

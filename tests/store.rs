@@ -24,6 +24,7 @@ on_both_engines!(
     concurrent_delivery_of_one_transaction_stores_once,
     migrations_are_tracked,
     agents_are_found_by_ghost_and_alias,
+    agent_rooms_track_joins_and_leaves,
     bridge_room_is_recorded_once,
     old_transaction_ids_are_pruned,
 );
@@ -125,24 +126,78 @@ async fn migrations_are_tracked(db: TestDatabase) {
 async fn agents_are_found_by_ghost_and_alias(db: TestDatabase) {
     let store = db.open().await;
     store
-        .upsert_agent("agent-1", "@letta_agent-1:x", "Helper", Some("helps"))
+        .insert_agent("agent-1", "@letta_agent-1:x", "Helper", Some("helps"))
         .await
         .unwrap();
+    // A second sighting does not overwrite what Matrix shows: that is the rename still to apply.
     store
-        .upsert_agent("agent-1", "@letta_agent-1:x", "Renamed", None)
+        .insert_agent("agent-1", "@letta_agent-1:x", "Other", None)
         .await
         .unwrap();
+    let fresh = store.agent("agent-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            fresh.name.as_str(),
+            fresh.description.as_deref(),
+            fresh.sync_step.as_str()
+        ),
+        ("Helper", Some("helps"), "new")
+    );
     store
         .set_agent_room("agent-1", "!room:x", Some("#letta_agent-1:x"))
         .await
         .unwrap();
+    store.mark_agent_synced("agent-1", "Renamed", None).await.unwrap();
     let by_ghost = store.agent_by_ghost("@letta_agent-1:x").await.unwrap().unwrap();
-    assert_eq!((by_ghost.name.as_str(), by_ghost.description), ("Renamed", None));
+    assert_eq!(
+        (
+            by_ghost.name.as_str(),
+            by_ghost.description,
+            by_ghost.sync_step.as_str()
+        ),
+        ("Renamed", None, "ready")
+    );
     assert_eq!(by_ghost.room_id.as_deref(), Some("!room:x"));
     let by_alias = store.agent_by_alias("#letta_agent-1:x").await.unwrap().unwrap();
     assert_eq!(by_alias.agent_id, "agent-1");
     assert!(store.agent_by_ghost("@letta_other:x").await.unwrap().is_none());
     assert_eq!(store.agents().await.unwrap().len(), 1);
+
+    store.mark_agent_deleted("agent-1").await.unwrap();
+    let deleted = store.agent("agent-1").await.unwrap().unwrap();
+    assert!(
+        deleted.deleted_at.is_some() && deleted.room_id.is_some(),
+        "the mapping is kept: {deleted:?}"
+    );
+    store.mark_agent_synced("agent-1", "Back", None).await.unwrap();
+    assert!(store.agent("agent-1").await.unwrap().unwrap().deleted_at.is_none());
+}
+
+async fn agent_rooms_track_joins_and_leaves(db: TestDatabase) {
+    let store = db.open().await;
+    store
+        .insert_agent("agent-1", "@letta_agent-1:x", "Helper", None)
+        .await
+        .unwrap();
+    store.add_agent_room("!dm:x", "agent-1", "direct").await.unwrap();
+    store.add_agent_room("!group:x", "agent-1", "group").await.unwrap();
+    store.add_agent_room("!dm:x", "agent-1", "direct").await.unwrap();
+    let rooms = store.agent_rooms("agent-1").await.unwrap();
+    assert_eq!(
+        rooms,
+        [
+            ("!dm:x".to_owned(), "direct".to_owned()),
+            ("!group:x".to_owned(), "group".to_owned())
+        ]
+    );
+    store.mark_agent_room_left("!dm:x", "agent-1").await.unwrap();
+    assert_eq!(store.agent_rooms("agent-1").await.unwrap().len(), 1);
+    store.add_agent_room("!dm:x", "agent-1", "direct").await.unwrap();
+    assert_eq!(
+        store.agent_rooms("agent-1").await.unwrap().len(),
+        2,
+        "a re-invite rejoins"
+    );
 }
 
 async fn bridge_room_is_recorded_once(db: TestDatabase) {

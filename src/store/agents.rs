@@ -24,28 +24,65 @@ const SELECT_AGENT: &str =
     "SELECT agent_id, ghost_user_id, name, description, room_id, room_alias, sync_step, deleted_at FROM agents";
 
 impl Store {
-    /// Inserts the agent or updates what Letta says about it; what the sync reconciler recorded
-    /// (room, step) is left alone.
-    pub async fn upsert_agent(
+    /// Records an agent the first time it is seen. `name` and `description` always hold what
+    /// Matrix shows, so a difference from Letta's values is a rename still to apply.
+    pub async fn insert_agent(
         &self,
         agent_id: &str,
         ghost_user_id: &str,
         name: &str,
         description: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
         sqlx::query(
             "INSERT INTO agents (agent_id, ghost_user_id, name, description, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $5)
-             ON CONFLICT (agent_id) DO UPDATE SET name = $3, description = $4, updated_at = $5",
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (agent_id) DO NOTHING",
         )
         .bind(agent_id)
         .bind(ghost_user_id)
         .bind(name)
         .bind(description)
-        .bind(now)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Everything Letta says about the agent is now true in Matrix.
+    pub async fn mark_agent_synced(
+        &self,
+        agent_id: &str,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.update_agent(
+            "UPDATE agents SET sync_step = 'ready', name = $2, description = $3, deleted_at = NULL, updated_at = $4 WHERE agent_id = $1",
+            agent_id,
+            Some((name, description)),
+        )
+        .await
+    }
+
+    /// The agent is gone from Letta; its row stays so its room's history is explained.
+    pub async fn mark_agent_deleted(&self, agent_id: &str) -> Result<(), StoreError> {
+        self.update_agent(
+            "UPDATE agents SET sync_step = 'deleted', deleted_at = $2, updated_at = $2 WHERE agent_id = $1",
+            agent_id,
+            None,
+        )
+        .await
+    }
+
+    async fn update_agent(
+        &self,
+        sql: &'static str,
+        agent_id: &str,
+        names: Option<(&str, Option<&str>)>,
+    ) -> Result<(), StoreError> {
+        let mut query = sqlx::query(sql).bind(agent_id);
+        if let Some((name, description)) = names {
+            query = query.bind(name).bind(description);
+        }
+        query.bind(now_ms()).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -90,6 +127,42 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(agents)
+    }
+
+    /// A room the agent takes part in besides its own (a DM, a group it was invited to).
+    pub async fn add_agent_room(&self, room_id: &str, agent_id: &str, kind: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_rooms (room_id, agent_id, kind, joined_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (room_id, agent_id) DO UPDATE SET kind = $3, left_at = NULL",
+        )
+        .bind(room_id)
+        .bind(agent_id)
+        .bind(kind)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_agent_room_left(&self, room_id: &str, agent_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agent_rooms SET left_at = $3 WHERE room_id = $1 AND agent_id = $2")
+            .bind(room_id)
+            .bind(agent_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rooms the agent is in besides its own, as (room id, kind).
+    pub async fn agent_rooms(&self, agent_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rooms = sqlx::query_as(
+            "SELECT room_id, kind FROM agent_rooms WHERE agent_id = $1 AND left_at IS NULL ORDER BY joined_at, room_id",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rooms)
     }
 
     pub async fn bridge_room(&self, name: &str) -> Result<Option<BridgeRoom>, StoreError> {

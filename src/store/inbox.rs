@@ -154,6 +154,32 @@ impl Store {
         Ok(row)
     }
 
+    /// Pending rows of one kind, oldest first.
+    pub async fn pending_inbox(&self, kind: InboxEvent, limit: i64) -> Result<Vec<InboxRow>, StoreError> {
+        let rows = sqlx::query_as(&format!(
+            "{SELECT_ROW} WHERE state = 'pending' AND kind = $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(kind.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Closes a row: `Done`, or `Failed` with the reason kept for the operator.
+    pub async fn finish_inbox(&self, id: i64, state: InboxState, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE inbox SET state = $2, last_error = $3, finished_at = $4, attempts = attempts + 1 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(error)
+        .bind(super::now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn inbox_count(&self, state: InboxState) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox WHERE state = $1")
             .bind(state.as_str())

@@ -1,0 +1,285 @@
+//! A Letta server stand-in for tests and demos: it speaks Letta 0.16.8's REST shapes (captured
+//! from a real server, in `fixtures/`) from in-memory state, because an LLM cannot run in CI.
+//!
+//! Agents can be created, renamed and deleted between test steps, failures injected, and every
+//! request is counted so tests can assert what the bridge asked for.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// An agent as the real server returned it; each stand-in agent is this with its own fields.
+const AGENT_TEMPLATE: &str = include_str!("../fixtures/agent.json");
+
+#[derive(Default)]
+struct World {
+    agents: BTreeMap<String, Value>,
+    /// Insertion order stands in for `created_at` order, which ties on fast machines.
+    order: Vec<String>,
+    requests: BTreeMap<String, usize>,
+    failing: Option<u16>,
+    token: Option<String>,
+    clock: u64,
+}
+
+impl World {
+    fn tick(&mut self) -> String {
+        self.clock += 1;
+        let micros = self.clock;
+        format!(
+            "2026-11-24T04:{:02}:{:02}.{:06}Z",
+            (micros / 60) % 60,
+            micros % 60,
+            micros
+        )
+    }
+}
+
+type Shared = Arc<Mutex<World>>;
+
+pub struct LettaStandin {
+    address: SocketAddr,
+    world: Shared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl LettaStandin {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .expect("a free port")
+    }
+
+    /// Starts on `address`, requiring `token` as a Bearer token when given.
+    pub async fn start_on(address: SocketAddr, token: Option<String>) -> std::io::Result<Self> {
+        let world: Shared = Arc::new(Mutex::new(World {
+            token,
+            ..World::default()
+        }));
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let app = router(world.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { address, world, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().expect("no test panicked while holding the lock")
+    }
+
+    /// Creates an agent the way `POST /v1/agents/` does and returns its id.
+    pub fn create_agent(&self, name: &str, description: Option<&str>) -> String {
+        create(&mut self.world(), name, description)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn rename_agent(&self, agent_id: &str, name: &str) {
+        let mut world = self.world();
+        let now = world.tick();
+        let agent = world.agents.get_mut(agent_id).expect("the agent exists");
+        agent["name"] = json!(name);
+        agent["updated_at"] = json!(now);
+    }
+
+    pub fn delete_agent(&self, agent_id: &str) {
+        let mut world = self.world();
+        world.agents.remove(agent_id);
+        world.order.retain(|id| id != agent_id);
+    }
+
+    pub fn agent_ids(&self) -> Vec<String> {
+        self.world().order.clone()
+    }
+
+    /// How many requests reached `route`, e.g. `GET /v1/agents/`.
+    pub fn requests(&self, route: &str) -> usize {
+        self.world().requests.get(route).copied().unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.world().requests.values().sum()
+    }
+
+    /// Makes every route answer `status` (a Letta having a bad day) until cleared with `None`.
+    pub fn set_failing(&self, status: Option<u16>) {
+        self.world().failing = status;
+    }
+
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+impl Drop for LettaStandin {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn create(world: &mut World, name: &str, description: Option<&str>) -> Value {
+    let id = format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1));
+    let now = world.tick();
+    let mut agent: Value = serde_json::from_str(AGENT_TEMPLATE).expect("the fixture is JSON");
+    agent["id"] = json!(id);
+    agent["name"] = json!(name);
+    agent["description"] = json!(description);
+    agent["created_at"] = json!(now);
+    agent["updated_at"] = json!(now);
+    agent["message_ids"] = json!([]);
+    world.agents.insert(id.clone(), agent.clone());
+    world.order.push(id);
+    agent
+}
+
+/// A uuid4-shaped id; random so that ids never repeat across stand-ins in one test run.
+fn uuid_like(salt: u64) -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    bytes[0] ^= salt as u8;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn router(world: Shared) -> Router {
+    Router::new()
+        .route("/v1/health/", get(health))
+        .route("/v1/agents/", get(list_agents).post(create_agent))
+        .route(
+            "/v1/agents/{agent_id}",
+            get(get_agent).patch(update_agent).delete(delete_agent),
+        )
+        .layer(axum::middleware::from_fn_with_state(world.clone(), count_and_gate))
+        .with_state(world)
+}
+
+fn detail(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(json!({"detail": text.into()}))).into_response()
+}
+
+/// Counts every request under its route, then applies injected failures and the token check.
+async fn count_and_gate(State(world): State<Shared>, request: Request, next: Next) -> Response {
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(path) => format!("{} {}", request.method(), path.as_str()),
+        None => format!("{} {}", request.method(), request.uri().path()),
+    };
+    let (failing, token) = {
+        let mut world = world.lock().unwrap();
+        *world.requests.entry(route).or_default() += 1;
+        (world.failing, world.token.clone())
+    };
+    if let Some(status) = failing {
+        return detail(StatusCode::from_u16(status).unwrap(), "injected failure");
+    }
+    if let Some(token) = token {
+        let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return detail(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+    }
+    next.run(request).await
+}
+
+async fn health() -> Json<Value> {
+    Json(serde_json::from_str(include_str!("../fixtures/health.json")).unwrap())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    before: Option<String>,
+    order: Option<String>,
+}
+
+/// `GET /v1/agents/`: a bare array, newest first unless `order=asc`, cursor paging by agent id.
+async fn list_agents(State(world): State<Shared>, Query(query): Query<ListQuery>) -> Response {
+    let world = world.lock().unwrap();
+    let mut ids: Vec<&String> = world.order.iter().collect();
+    if query.order.as_deref() != Some("asc") {
+        ids.reverse();
+    }
+    let position = |cursor: &str| ids.iter().position(|id| id.as_str() == cursor);
+    let start = match query.after.as_deref() {
+        Some(cursor) => match position(cursor) {
+            Some(index) => index + 1,
+            None => return detail(StatusCode::NOT_FOUND, format!("Agent with ID {cursor} not found")),
+        },
+        None => 0,
+    };
+    let end = query.before.as_deref().and_then(position).unwrap_or(ids.len());
+    let page: Vec<Value> = ids[start.min(end)..end]
+        .iter()
+        .take(query.limit.unwrap_or(50))
+        .map(|id| world.agents[*id].clone())
+        .collect();
+    Json(Value::Array(page)).into_response()
+}
+
+async fn get_agent(State(world): State<Shared>, Path(agent_id): Path<String>) -> Response {
+    match world.lock().unwrap().agents.get(&agent_id) {
+        Some(agent) => Json(agent.clone()).into_response(),
+        None => detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found")),
+    }
+}
+
+async fn create_agent(State(world): State<Shared>, Json(body): Json<Value>) -> Response {
+    let Some(name) = body["name"].as_str() else {
+        return detail(StatusCode::UNPROCESSABLE_ENTITY, "name is required");
+    };
+    Json(create(&mut world.lock().unwrap(), name, body["description"].as_str())).into_response()
+}
+
+async fn update_agent(State(world): State<Shared>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
+    let mut world = world.lock().unwrap();
+    let now = world.tick();
+    let Some(agent) = world.agents.get_mut(&agent_id) else {
+        return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
+    };
+    for field in ["name", "description"] {
+        if let Some(value) = body.get(field) {
+            agent[field] = value.clone();
+        }
+    }
+    agent["updated_at"] = json!(now);
+    Json(agent.clone()).into_response()
+}
+
+async fn delete_agent(State(world): State<Shared>, Path(agent_id): Path<String>) -> Response {
+    let mut world = world.lock().unwrap();
+    if world.agents.remove(&agent_id).is_none() {
+        return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
+    }
+    world.order.retain(|id| *id != agent_id);
+    Json(json!({"message": format!("Agent id={agent_id} successfully deleted")})).into_response()
+}
