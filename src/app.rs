@@ -13,9 +13,11 @@ use tokio::sync::Notify;
 
 use crate::config::{Secret, Settings};
 use crate::error::AppError;
+use crate::letta::LettaClient;
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
 use crate::store::Store;
+use crate::sync::{Reconciler, SharedSyncState};
 use crate::{appservice, ops, registration, telemetry};
 
 /// How long a processed transaction id is remembered; homeservers retry only their latest one.
@@ -31,11 +33,14 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Woken whenever the inbox gains rows, so workers need not poll hard.
     pub inbox_signal: Arc<Notify>,
+    pub letta: LettaClient,
+    pub sync_state: SharedSyncState,
 }
 
 impl AppState {
     pub fn new(settings: Settings, store: Store, registration: &ruma::api::appservice::Registration) -> Self {
         let matrix = MatrixClient::new(&settings.homeserver_url, Secret::new(registration.as_token.clone()));
+        let letta = LettaClient::new(settings.letta_url.clone(), settings.letta_token.clone());
         Self {
             namespace: Arc::new(Namespace::new(&settings)),
             settings: Arc::new(settings),
@@ -44,7 +49,20 @@ impl AppState {
             matrix,
             metrics: telemetry::metrics_handle(),
             inbox_signal: Arc::new(Notify::new()),
+            letta,
+            sync_state: SharedSyncState::default(),
         }
+    }
+
+    pub fn reconciler(&self) -> Reconciler {
+        Reconciler::new(
+            self.store.clone(),
+            self.matrix.clone(),
+            self.letta.clone(),
+            self.namespace.clone(),
+            self.settings.clone(),
+            self.sync_state.clone(),
+        )
     }
 }
 
@@ -68,6 +86,7 @@ pub struct Running {
     pub ops_address: Option<SocketAddr>,
     state: AppState,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: ShutdownSignal,
 }
 
@@ -79,6 +98,10 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, then closes the database pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
+        // Workers stop between idempotent steps; whatever they were doing the next start redoes.
+        for worker in &self.workers {
+            worker.abort();
+        }
         for server in self.servers {
             server.await.context("server task panicked")?.context("server failed")?;
         }
@@ -124,12 +147,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    // Only once we listen: the first pass makes the homeserver push transactions to us.
+    let workers = vec![state.reconciler().spawn(state.inbox_signal.clone())];
     tracing::info!(%address, ?ops_address, homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
     Ok(Running {
         address,
         ops_address,
         state,
         servers,
+        workers,
         shutdown,
     })
 }

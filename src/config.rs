@@ -51,6 +51,14 @@ pub struct Config {
     pub log_filter: String,
     /// Larger transaction bodies are refused with `M_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// How often Letta's agent list is compared with Matrix.
+    pub sync_interval_ms: u64,
+    /// How many agents are brought into Matrix at once.
+    pub sync_concurrency: usize,
+    /// The name of the space that holds every agent room.
+    pub space_name: String,
+    /// Bearer token for the `/status` endpoint; without it the endpoint is off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -76,6 +84,10 @@ impl Default for Config {
             log_filter: "info".into(),
             // Synapse batches up to 100 PDUs and 100 EDUs of at most 64 KiB each.
             max_body_bytes: 32 * 1024 * 1024,
+            sync_interval_ms: 1000,
+            sync_concurrency: 4,
+            space_name: "Letta Agents".into(),
+            admin_token: None,
         }
     }
 }
@@ -313,6 +325,9 @@ impl Config {
             return Err(invalid(
                 "database_url must start with sqlite:// or postgres:// (got another scheme)".into(),
             ));
+        }
+        if self.sync_interval_ms < 100 || self.sync_concurrency == 0 {
+            return Err(invalid("sync_interval_ms must be at least 100 and sync_concurrency at least 1".into()));
         }
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024".into()));

@@ -15,4 +15,5 @@ pub mod ops;
 pub mod registration;
 pub mod retry;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -59,6 +59,18 @@ impl MatrixError {
         }
     }
 
+    /// The homeserver's refusal because the user is in the room already, which is what an
+    /// invite wanted anyway.
+    pub fn is_already_in_room(&self) -> bool {
+        match self {
+            Self::Api(error) => {
+                matches!(error.error_kind(), Some(ErrorKind::Forbidden))
+                    && error.to_string().contains("already in the room")
+            }
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> Option<http::StatusCode> {
         match self {
             Self::Api(error) => Some(error.status_code),
@@ -195,6 +207,7 @@ impl MatrixClient {
             R::PathBuilder::input(&self.versions),
         )?;
         let request = reqwest::Request::try_from(http_request).map_err(|e| MatrixError::Transport(e.to_string()))?;
+        metrics::counter!("letta_matrix_homeserver_requests_total").increment(1);
         let response = self
             .http
             .execute(request)
@@ -277,16 +290,17 @@ impl MatrixClient {
         Ok(self.send(request, as_user).await?.event_id)
     }
 
-    pub async fn send_state<C>(
+    pub async fn send_state<C, K>(
         &self,
         room_id: &RoomId,
-        state_key: &str,
+        state_key: &K,
         content: &C,
         as_user: Option<&UserId>,
     ) -> Result<OwnedEventId, MatrixError>
     where
         C: StateEventContent,
-        C::StateKey: std::borrow::Borrow<str>,
+        C::StateKey: std::borrow::Borrow<K>,
+        K: AsRef<str> + ?Sized,
     {
         let request = send_state_event::v3::Request::new(room_id.to_owned(), state_key, content)
             .map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?;

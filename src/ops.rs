@@ -9,27 +9,76 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::error::AppError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
 }
 
 async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// Ready means accepted transactions can be stored; that is what the homeserver depends on.
+/// Ready means accepted transactions can be stored: that is what the homeserver depends on, so
+/// only the database decides the status code. A Letta outage is reported as `degraded`, because
+/// taking us out of service would stop the homeserver from delivering what we can keep for later.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let sync = state.sync_state.read().expect("state lock").clone();
+    let letta = if sync.passes == 0 { "not checked yet".to_owned() } else { sync.letta.clone() };
+    let degraded = letta != "ok";
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "database": "ok"}))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({
+                "status": if degraded { "degraded" } else { "ready" },
+                "database": "ok",
+                "letta": letta,
+                "sync": {"leader": sync.leader, "last_error": sync.last_error},
+            })),
+        ),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "database": error.to_string()})),
+            Json(json!({"status": "unavailable", "database": error.to_string(), "letta": letta})),
         ),
     }
+}
+
+/// Agents → ghosts → rooms → space, and the sync state: what an operator checks first. Off
+/// unless `admin_token` is set, because it names every user and room.
+async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
+    let Some(expected) = state.settings.raw.admin_token.as_ref() else {
+        return Err(AppError::NotFound("the status endpoint is off; set admin_token to enable it".into()));
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AppError::MissingToken)?;
+    if !crate::appservice::tokens_match(given, expected.expose()) {
+        return Err(AppError::Forbidden);
+    }
+    let space = state.store.bridge_room("space").await?.map(|room| room.room_id);
+    let mut agents = Vec::new();
+    for agent in state.store.agents().await? {
+        let rooms = state.store.agent_rooms(&agent.agent_id).await?;
+        agents.push(json!({
+            "agent_id": agent.agent_id,
+            "name": agent.name,
+            "ghost": agent.ghost_user_id,
+            "room_id": agent.room_id,
+            "room_alias": agent.room_alias,
+            "state": agent.sync_step,
+            "in_space": agent.sync_step == "ready" && agent.deleted_at.is_none(),
+            "deleted_at_ms": agent.deleted_at,
+            "other_rooms": rooms.iter().map(|(room, kind)| json!({"room_id": room, "kind": kind})).collect::<Vec<_>>(),
+        }));
+    }
+    let sync = state.sync_state.read().expect("state lock").clone();
+    Ok(Json(json!({"space": space, "sync": sync, "agents": agents})))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

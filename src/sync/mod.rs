@@ -1,0 +1,265 @@
+//! The sync reconciler: turns Letta's agent list into ghost users, agent rooms and the space,
+//! and follows renames and deletions. It runs on start, on an interval and when woken; with
+//! PostgreSQL, only on the replica that holds the leadership lock.
+//!
+//! Every step is idempotent, so a crash anywhere is finished by the next pass: a ghost that
+//! exists is success, an agent room is found again by its alias rather than created twice.
+
+mod invites;
+mod provision;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::letta::{Agent, LettaClient, LettaError};
+use crate::matrix::{MatrixClient, MatrixError};
+use crate::namespace::Namespace;
+use crate::store::{AgentRecord, Leadership, Store, StoreError, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("Letta: {0}")]
+    Letta(#[from] LettaError),
+    #[error("homeserver: {0}")]
+    Matrix(#[from] MatrixError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the last passes found, for `/ready`, `/status` and the logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncState {
+    /// This replica reconciles (always true on SQLite).
+    pub leader: bool,
+    pub passes: u64,
+    pub last_pass_at_ms: Option<i64>,
+    pub last_pass_duration_ms: Option<u64>,
+    /// `ok`, or why Letta could not be read.
+    pub letta: String,
+    pub agents_in_letta: usize,
+    /// The last error of any kind, kept until a pass succeeds.
+    pub last_error: Option<String>,
+}
+
+pub type SharedSyncState = Arc<RwLock<SyncState>>;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassSummary {
+    pub agents: usize,
+    pub provisioned: usize,
+    pub retired: usize,
+    pub failed: usize,
+}
+
+#[derive(Clone)]
+pub struct Reconciler {
+    store: Store,
+    matrix: MatrixClient,
+    letta: LettaClient,
+    namespace: Arc<Namespace>,
+    settings: Arc<Settings>,
+    state: SharedSyncState,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        matrix: MatrixClient,
+        letta: LettaClient,
+        namespace: Arc<Namespace>,
+        settings: Arc<Settings>,
+        state: SharedSyncState,
+    ) -> Self {
+        Self { store, matrix, letta, namespace, settings, state }
+    }
+
+    /// Runs passes forever: every interval, and at once when `wake` is notified (new inbox rows,
+    /// an operator's request).
+    pub fn spawn(self, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let interval = Duration::from_millis(self.settings.raw.sync_interval_ms);
+            let mut leadership: Option<Leadership> = None;
+            loop {
+                if self.keep_or_take_leadership(&mut leadership).await {
+                    self.run_pass().await;
+                    if let Err(error) = self.accept_invites().await {
+                        tracing::warn!(%error, "cannot handle invites to agents");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+        })
+    }
+
+    async fn keep_or_take_leadership(&self, leadership: &mut Option<Leadership>) -> bool {
+        if let Some(held) = leadership {
+            if held.still_held().await {
+                return true;
+            }
+            tracing::warn!("lost the sync leadership lock");
+            *leadership = None;
+        }
+        match self.store.try_lead().await {
+            Ok(Some(taken)) => {
+                tracing::info!("this replica now runs agent sync");
+                *leadership = Some(taken);
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot ask for the sync leadership lock"),
+        }
+        let leading = leadership.is_some();
+        self.state.write().expect("state lock").leader = leading;
+        leading
+    }
+
+    /// One pass with its bookkeeping: state for `/status`, metrics, logs.
+    pub async fn run_pass(&self) {
+        let started = Instant::now();
+        let result = self.pass().await;
+        let elapsed = started.elapsed();
+        metrics::histogram!("letta_matrix_sync_pass_duration_seconds").record(elapsed.as_secs_f64());
+        let mut state = self.state.write().expect("state lock");
+        state.passes += 1;
+        state.last_pass_at_ms = Some(now_ms());
+        state.last_pass_duration_ms = Some(elapsed.as_millis() as u64);
+        match result {
+            Ok(summary) => {
+                state.letta = "ok".into();
+                state.agents_in_letta = summary.agents;
+                if summary.failed == 0 {
+                    state.last_error = None;
+                }
+                if summary.provisioned + summary.retired + summary.failed > 0 {
+                    tracing::info!(?summary, elapsed_ms = elapsed.as_millis() as u64, "sync pass changed Matrix");
+                }
+            }
+            Err(error) => {
+                metrics::counter!("letta_matrix_sync_errors_total").increment(1);
+                if let SyncError::Letta(letta) = &error {
+                    state.letta = letta.to_string();
+                }
+                tracing::warn!(%error, "sync pass failed; the next one retries");
+                state.last_error = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Brings Matrix in line with Letta. An unchanged agent list costs one Letta call, one
+    /// database read and no homeserver call.
+    pub async fn pass(&self) -> Result<PassSummary, SyncError> {
+        let agents = self.letta.list_agents().await?;
+        let records: HashMap<String, AgentRecord> =
+            self.store.agents().await?.into_iter().map(|record| (record.agent_id.clone(), record)).collect();
+        metrics::gauge!("letta_matrix_agents_known").set(agents.len() as f64);
+
+        let work: Vec<(&Agent, Option<AgentRecord>)> = agents
+            .iter()
+            .filter_map(|agent| match records.get(&agent.id) {
+                Some(record) if !needs_work(record, agent) => None,
+                record => Some((agent, record.cloned())),
+            })
+            .collect();
+        let listed: HashSet<&str> = agents.iter().map(|agent| agent.id.as_str()).collect();
+        let gone: Vec<&AgentRecord> = records
+            .values()
+            .filter(|record| record.deleted_at.is_none() && !listed.contains(record.agent_id.as_str()))
+            .collect();
+        let mut summary = PassSummary { agents: agents.len(), ..PassSummary::default() };
+        if work.is_empty() && gone.is_empty() {
+            return Ok(summary);
+        }
+
+        let space = self.ensure_space().await?;
+        // Built eagerly: a lazily mapped stream of borrowing futures trips the compiler's Send
+        // inference for the spawned task.
+        let tasks: Vec<_> = work
+            .into_iter()
+            .map(|(agent, record)| {
+                let space = &space;
+                async move { (agent.id.clone(), self.provision(agent, record, space).await) }
+            })
+            .collect();
+        let results: Vec<(String, Result<(), SyncError>)> =
+            futures::stream::iter(tasks).buffer_unordered(self.settings.raw.sync_concurrency).collect().await;
+        for (agent_id, result) in results {
+            match result {
+                Ok(()) => summary.provisioned += 1,
+                Err(error) => {
+                    summary.failed += 1;
+                    metrics::counter!("letta_matrix_sync_errors_total").increment(1);
+                    tracing::warn!(agent_id, %error, "cannot bring the agent into Matrix; the next pass retries");
+                    self.state.write().expect("state lock").last_error = Some(format!("{agent_id}: {error}"));
+                }
+            }
+        }
+        for record in gone {
+            match self.retire(record, &space).await {
+                Ok(()) => summary.retired += 1,
+                Err(error) => {
+                    summary.failed += 1;
+                    tracing::warn!(agent_id = record.agent_id, %error, "cannot retire the deleted agent; the next pass retries");
+                }
+            }
+        }
+        Ok(summary)
+    }
+}
+
+/// Work is due when the agent is new, half set up, deleted before, or renamed in Letta.
+fn needs_work(record: &AgentRecord, agent: &Agent) -> bool {
+    record.sync_step != "ready"
+        || record.deleted_at.is_some()
+        || record.name != agent.name
+        || record.description.as_deref().unwrap_or_default() != agent.description.as_deref().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: &str, name: &str, description: Option<&str>) -> AgentRecord {
+        AgentRecord {
+            agent_id: "agent-1".into(),
+            ghost_user_id: "@letta_agent-1:x".into(),
+            name: name.into(),
+            description: description.map(Into::into),
+            room_id: Some("!r:x".into()),
+            room_alias: None,
+            sync_step: step.into(),
+            deleted_at: None,
+        }
+    }
+
+    fn agent(name: &str, description: Option<&str>) -> Agent {
+        Agent {
+            id: "agent-1".into(),
+            name: name.into(),
+            description: description.map(Into::into),
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn only_changes_cost_work() {
+        assert!(!needs_work(&record("ready", "A", Some("d")), &agent("A", Some("d"))));
+        assert!(!needs_work(&record("ready", "A", None), &agent("A", Some(""))), "no description is an empty one");
+        assert!(needs_work(&record("ready", "A", None), &agent("B", None)), "renamed");
+        assert!(needs_work(&record("ready", "A", None), &agent("A", Some("new"))), "described");
+        assert!(needs_work(&record("new", "A", None), &agent("A", None)), "half set up");
+        let mut deleted = record("deleted", "A", None);
+        deleted.deleted_at = Some(1);
+        assert!(needs_work(&deleted, &agent("A", None)), "back in Letta");
+    }
+}
