@@ -327,7 +327,9 @@ impl Config {
             ));
         }
         if self.sync_interval_ms < 100 || self.sync_concurrency == 0 {
-            return Err(invalid("sync_interval_ms must be at least 100 and sync_concurrency at least 1".into()));
+            return Err(invalid(
+                "sync_interval_ms must be at least 100 and sync_concurrency at least 1".into(),
+            ));
         }
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024".into()));

@@ -59,13 +59,12 @@ impl MatrixError {
         }
     }
 
-    /// The homeserver's refusal because the user is in the room already, which is what an
-    /// invite wanted anyway.
+    /// The homeserver's refusal because the user is in (or invited to) the room already, which is
+    /// what an invite wanted anyway.
     pub fn is_already_in_room(&self) -> bool {
         match self {
             Self::Api(error) => {
-                matches!(error.error_kind(), Some(ErrorKind::Forbidden))
-                    && error.to_string().contains("already in the room")
+                matches!(error.error_kind(), Some(ErrorKind::Forbidden)) && error.to_string().contains(" already ")
             }
             _ => false,
         }

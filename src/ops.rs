@@ -28,7 +28,11 @@ async fn health() -> impl IntoResponse {
 /// taking us out of service would stop the homeserver from delivering what we can keep for later.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let sync = state.sync_state.read().expect("state lock").clone();
-    let letta = if sync.passes == 0 { "not checked yet".to_owned() } else { sync.letta.clone() };
+    let letta = if sync.passes == 0 {
+        "not checked yet".to_owned()
+    } else {
+        sync.letta.clone()
+    };
     let degraded = letta != "ok";
     match state.store.ping().await {
         Ok(()) => (
@@ -51,7 +55,9 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 /// unless `admin_token` is set, because it names every user and room.
 async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
     let Some(expected) = state.settings.raw.admin_token.as_ref() else {
-        return Err(AppError::NotFound("the status endpoint is off; set admin_token to enable it".into()));
+        return Err(AppError::NotFound(
+            "the status endpoint is off; set admin_token to enable it".into(),
+        ));
     };
     let given = headers
         .get(http::header::AUTHORIZATION)

@@ -62,11 +62,21 @@ fn describe_metrics() {
         "letta_matrix_events_unparsable_total",
         "Events skipped because they were not valid room events"
     );
-    metrics::describe_counter!("letta_matrix_homeserver_requests_total", "Client-server API calls made to the homeserver");
-    metrics::describe_gauge!("letta_matrix_agents_known", "Agents in Letta's list at the last sync pass");
+    metrics::describe_counter!(
+        "letta_matrix_homeserver_requests_total",
+        "Client-server API calls made to the homeserver"
+    );
+    metrics::describe_gauge!(
+        "letta_matrix_agents_known",
+        "Agents in Letta's list at the last sync pass"
+    );
     metrics::describe_counter!("letta_matrix_rooms_created_total", "Agent rooms created");
     metrics::describe_counter!("letta_matrix_sync_errors_total", "Failed sync passes and agent steps");
-    metrics::describe_histogram!("letta_matrix_sync_pass_duration_seconds", metrics::Unit::Seconds, "Time of one sync pass");
+    metrics::describe_histogram!(
+        "letta_matrix_sync_pass_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time of one sync pass"
+    );
     metrics::describe_histogram!(
         "letta_matrix_http_request_duration_seconds",
         metrics::Unit::Seconds,

@@ -34,7 +34,9 @@ impl Reconciler {
                 Ok(()) => self.store.finish_inbox(row.id, InboxState::Done, None).await?,
                 Err(error) => {
                     tracing::warn!(event_id = row.event_id, room_id = row.room_id, %error, "cannot handle a membership change");
-                    self.store.finish_inbox(row.id, InboxState::Failed, Some(&error.to_string())).await?;
+                    self.store
+                        .finish_inbox(row.id, InboxState::Failed, Some(&error.to_string()))
+                        .await?;
                 }
             }
         }
@@ -60,11 +62,15 @@ impl Reconciler {
             MembershipState::Invite if agent.deleted_at.is_none() && !own_room => {
                 self.matrix.join(event.room_id.clone().into(), target).await?;
                 let kind = if event.content.is_direct { "direct" } else { "group" };
-                self.store.add_agent_room(event.room_id.as_str(), &agent.agent_id, kind).await?;
+                self.store
+                    .add_agent_room(event.room_id.as_str(), &agent.agent_id, kind)
+                    .await?;
                 tracing::info!(agent_id = agent.agent_id, room = %event.room_id, kind, "agent accepted an invite");
             }
             MembershipState::Leave | MembershipState::Ban if !own_room => {
-                self.store.mark_agent_room_left(event.room_id.as_str(), &agent.agent_id).await?;
+                self.store
+                    .mark_agent_room_left(event.room_id.as_str(), &agent.agent_id)
+                    .await?;
             }
             _ => {}
         }

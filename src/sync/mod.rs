@@ -78,7 +78,14 @@ impl Reconciler {
         settings: Arc<Settings>,
         state: SharedSyncState,
     ) -> Self {
-        Self { store, matrix, letta, namespace, settings, state }
+        Self {
+            store,
+            matrix,
+            letta,
+            namespace,
+            settings,
+            state,
+        }
     }
 
     /// Runs passes forever: every interval, and at once when `wake` is notified (new inbox rows,
@@ -141,7 +148,11 @@ impl Reconciler {
                     state.last_error = None;
                 }
                 if summary.provisioned + summary.retired + summary.failed > 0 {
-                    tracing::info!(?summary, elapsed_ms = elapsed.as_millis() as u64, "sync pass changed Matrix");
+                    tracing::info!(
+                        ?summary,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "sync pass changed Matrix"
+                    );
                 }
             }
             Err(error) => {
@@ -159,8 +170,13 @@ impl Reconciler {
     /// database read and no homeserver call.
     pub async fn pass(&self) -> Result<PassSummary, SyncError> {
         let agents = self.letta.list_agents().await?;
-        let records: HashMap<String, AgentRecord> =
-            self.store.agents().await?.into_iter().map(|record| (record.agent_id.clone(), record)).collect();
+        let records: HashMap<String, AgentRecord> = self
+            .store
+            .agents()
+            .await?
+            .into_iter()
+            .map(|record| (record.agent_id.clone(), record))
+            .collect();
         metrics::gauge!("letta_matrix_agents_known").set(agents.len() as f64);
 
         let work: Vec<(&Agent, Option<AgentRecord>)> = agents
@@ -175,7 +191,10 @@ impl Reconciler {
             .values()
             .filter(|record| record.deleted_at.is_none() && !listed.contains(record.agent_id.as_str()))
             .collect();
-        let mut summary = PassSummary { agents: agents.len(), ..PassSummary::default() };
+        let mut summary = PassSummary {
+            agents: agents.len(),
+            ..PassSummary::default()
+        };
         if work.is_empty() && gone.is_empty() {
             return Ok(summary);
         }
@@ -190,8 +209,10 @@ impl Reconciler {
                 async move { (agent.id.clone(), self.provision(agent, record, space).await) }
             })
             .collect();
-        let results: Vec<(String, Result<(), SyncError>)> =
-            futures::stream::iter(tasks).buffer_unordered(self.settings.raw.sync_concurrency).collect().await;
+        let results: Vec<(String, Result<(), SyncError>)> = futures::stream::iter(tasks)
+            .buffer_unordered(self.settings.raw.sync_concurrency)
+            .collect()
+            .await;
         for (agent_id, result) in results {
             match result {
                 Ok(()) => summary.provisioned += 1,
@@ -254,9 +275,15 @@ mod tests {
     #[test]
     fn only_changes_cost_work() {
         assert!(!needs_work(&record("ready", "A", Some("d")), &agent("A", Some("d"))));
-        assert!(!needs_work(&record("ready", "A", None), &agent("A", Some(""))), "no description is an empty one");
+        assert!(
+            !needs_work(&record("ready", "A", None), &agent("A", Some(""))),
+            "no description is an empty one"
+        );
         assert!(needs_work(&record("ready", "A", None), &agent("B", None)), "renamed");
-        assert!(needs_work(&record("ready", "A", None), &agent("A", Some("new"))), "described");
+        assert!(
+            needs_work(&record("ready", "A", None), &agent("A", Some("new"))),
+            "described"
+        );
         assert!(needs_work(&record("new", "A", None), &agent("A", None)), "half set up");
         let mut deleted = record("deleted", "A", None);
         deleted.deleted_at = Some(1);

@@ -4,12 +4,12 @@
 use ruma::api::client::room::create_room::RoomPowerLevelsContentOverride;
 use ruma::api::client::room::create_room::v3::{CreationContent, Request as CreateRoomRequest, RoomPreset};
 use ruma::api::error::ErrorKind;
-use ruma::events::{EmptyStateKey, InitialStateEvent};
 use ruma::events::room::message::RoomMessageEventContent;
 use ruma::events::room::name::RoomNameEventContent;
 use ruma::events::room::topic::RoomTopicEventContent;
 use ruma::events::space::child::SpaceChildEventContent;
 use ruma::events::space::parent::SpaceParentEventContent;
+use ruma::events::{EmptyStateKey, InitialStateEvent};
 use ruma::room::RoomType;
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomAliasId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
@@ -40,7 +40,9 @@ impl Reconciler {
         let mut creation = CreationContent::new();
         creation.room_type = Some(RoomType::Space);
         request.creation_content = Some(Raw::new(&creation).map_err(invalid)?);
-        let space = self.create_or_find(request, &alias_localpart, self.namespace.bot()).await?;
+        let (space, _) = self
+            .create_or_find(request, &alias_localpart, self.namespace.bot())
+            .await?;
         let recorded = self.store.set_bridge_room(SPACE, space.as_str()).await?;
         tracing::info!(space = recorded.room_id, "created the agents space");
         parse_room_id(&recorded.room_id)
@@ -55,20 +57,30 @@ impl Reconciler {
     ) -> Result<(), SyncError> {
         let ghost = self.namespace.ghost_for_agent(&agent.id);
         if record.is_none() {
-            self.store.insert_agent(&agent.id, ghost.as_str(), &agent.name, agent.description.as_deref()).await?;
+            self.store
+                .insert_agent(&agent.id, ghost.as_str(), &agent.name, agent.description.as_deref())
+                .await?;
         }
         self.matrix.register_ghost(ghost.localpart()).await?;
         self.matrix.set_display_name(&ghost, &agent.name).await?;
         let room_id = match record.as_ref().and_then(|r| r.room_id.as_deref()) {
             Some(room_id) => {
                 let room_id = parse_room_id(room_id)?;
-                self.refresh_room(&room_id, &ghost, agent, record.as_ref().expect("a room implies a record")).await?;
+                self.refresh_room(
+                    &room_id,
+                    &ghost,
+                    agent,
+                    record.as_ref().expect("a room implies a record"),
+                )
+                .await?;
                 room_id
             }
             None => {
                 let room_id = self.create_agent_room(agent, &ghost, space).await?;
                 let alias = self.namespace.alias_for_agent(&agent.id);
-                self.store.set_agent_room(&agent.id, room_id.as_str(), Some(&alias)).await?;
+                self.store
+                    .set_agent_room(&agent.id, room_id.as_str(), Some(&alias))
+                    .await?;
                 room_id
             }
         };
@@ -76,7 +88,9 @@ impl Reconciler {
         self.matrix.join(room_id.clone().into(), self.namespace.bot()).await?;
         let child = SpaceChildEventContent::new(vec![self.settings.server_name.clone()]);
         self.matrix.send_state(space, room_id.as_str(), &child, None).await?;
-        self.store.mark_agent_synced(&agent.id, &agent.name, agent.description.as_deref()).await?;
+        self.store
+            .mark_agent_synced(&agent.id, &agent.name, agent.description.as_deref())
+            .await?;
         tracing::info!(agent_id = agent.id, name = agent.name, ghost = %ghost, room = %room_id, "agent is in Matrix");
         Ok(())
     }
@@ -89,13 +103,20 @@ impl Reconciler {
         request.topic = agent.description.clone().filter(|d| !d.is_empty());
         request.room_alias_name = Some(ghost.localpart().to_owned());
         request.preset = Some(RoomPreset::PrivateChat);
-        request.invite = std::iter::once(self.namespace.bot().to_owned()).chain(self.settings.invite.iter().cloned()).collect();
+        request.invite = std::iter::once(self.namespace.bot().to_owned())
+            .chain(self.settings.invite.iter().cloned())
+            .collect();
         request.power_level_content_override = Some(self.admin_power_levels(&[self.namespace.bot().to_owned()])?);
         let mut parent = SpaceParentEventContent::new(vec![self.settings.server_name.clone()]);
         parent.canonical = true;
         request.initial_state = vec![InitialStateEvent::new(space.to_owned(), parent).to_raw_any()];
-        let room_id = self.create_or_find(request, ghost.localpart(), ghost).await?;
-        metrics::counter!("letta_matrix_rooms_created_total").increment(1);
+        let (room_id, adopted) = self.create_or_find(request, ghost.localpart(), ghost).await?;
+        if adopted {
+            // Whoever created it may not have invited everyone; invites are idempotent.
+            self.invite_people(&room_id, ghost).await?;
+        } else {
+            metrics::counter!("letta_matrix_rooms_created_total").increment(1);
+        }
         Ok(room_id)
     }
 
@@ -105,18 +126,20 @@ impl Reconciler {
         request: CreateRoomRequest,
         alias_localpart: &str,
         creator: &UserId,
-    ) -> Result<OwnedRoomId, SyncError> {
+    ) -> Result<(OwnedRoomId, bool), SyncError> {
         let alias = OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", self.settings.server_name))
             .map_err(|e| SyncError::Invalid(format!("alias for {alias_localpart}: {e}")))?;
         match self.matrix.create_room(request, Some(creator)).await {
-            Ok(room_id) => Ok(room_id),
+            Ok(room_id) => Ok((room_id, false)),
             Err(error) if matches!(error.kind(), Some(ErrorKind::RoomInUse)) => {
                 let room_id = self.matrix.resolve_alias(&alias).await?.ok_or_else(|| {
-                    SyncError::Invalid(format!("{alias} is taken but does not resolve; remove it from the homeserver"))
+                    SyncError::Invalid(format!(
+                        "{alias} is taken but does not resolve; remove it from the homeserver"
+                    ))
                 })?;
                 tracing::info!(%alias, %room_id, "found the room a previous pass created");
                 self.matrix.join(room_id.clone().into(), creator).await?;
-                Ok(room_id)
+                Ok((room_id, true))
             }
             Err(error) => Err(error.into()),
         }
@@ -134,7 +157,13 @@ impl Reconciler {
 
     /// An existing room follows the agent: the ghost is back in it (after an undelete), and a
     /// renamed or re-described agent renames it. Unchanged state is not sent again.
-    async fn refresh_room(&self, room_id: &RoomId, ghost: &UserId, agent: &Agent, record: &AgentRecord) -> Result<(), SyncError> {
+    async fn refresh_room(
+        &self,
+        room_id: &RoomId,
+        ghost: &UserId,
+        agent: &Agent,
+        record: &AgentRecord,
+    ) -> Result<(), SyncError> {
         if record.deleted_at.is_some() {
             // The ghost left when the agent was deleted; agent rooms are invite-only.
             match self.matrix.invite(room_id, ghost, None).await {
@@ -144,14 +173,38 @@ impl Reconciler {
         }
         self.matrix.join(room_id.to_owned().into(), ghost).await?;
         if record.name != agent.name {
-            self.matrix.send_state(room_id, &EmptyStateKey, &RoomNameEventContent::new(agent.name.clone()), Some(ghost)).await?;
-            tracing::info!(agent_id = agent.id, from = record.name, to = agent.name, "agent renamed");
+            self.matrix
+                .send_state(
+                    room_id,
+                    &EmptyStateKey,
+                    &RoomNameEventContent::new(agent.name.clone()),
+                    Some(ghost),
+                )
+                .await?;
+            tracing::info!(
+                agent_id = agent.id,
+                from = record.name,
+                to = agent.name,
+                "agent renamed"
+            );
         }
         let description = agent.description.clone().unwrap_or_default();
         if record.description.clone().unwrap_or_default() != description {
-            self.matrix.send_state(room_id, &EmptyStateKey, &RoomTopicEventContent::new(description), Some(ghost)).await?;
+            self.matrix
+                .send_state(
+                    room_id,
+                    &EmptyStateKey,
+                    &RoomTopicEventContent::new(description),
+                    Some(ghost),
+                )
+                .await?;
         }
-        for person in &self.settings.invite {
+        self.invite_people(room_id, ghost).await
+    }
+
+    /// The bot and the configured people, invited by the ghost; those already there are fine.
+    async fn invite_people(&self, room_id: &RoomId, ghost: &UserId) -> Result<(), SyncError> {
+        for person in std::iter::once(self.namespace.bot()).chain(self.settings.invite.iter().map(|u| u.as_ref())) {
             match self.matrix.invite(room_id, person, Some(ghost)).await {
                 Err(error) if !error.is_already_in_room() => return Err(error.into()),
                 _ => {}
@@ -163,7 +216,8 @@ impl Reconciler {
     /// Letta deleted the agent: the room says so, leaves the space, and the ghost leaves every
     /// room. The mapping stays, so the room's history remains explained.
     pub(super) async fn retire(&self, record: &AgentRecord, space: &RoomId) -> Result<(), SyncError> {
-        let ghost = OwnedUserId::try_from(record.ghost_user_id.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
+        let ghost =
+            OwnedUserId::try_from(record.ghost_user_id.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
         if let Some(room_id) = record.room_id.as_deref() {
             let room_id = parse_room_id(room_id)?;
             let notice = RoomMessageEventContent::notice_plain(format!(
@@ -181,7 +235,11 @@ impl Reconciler {
             self.store.mark_agent_room_left(&room_id, &record.agent_id).await?;
         }
         self.store.mark_agent_deleted(&record.agent_id).await?;
-        tracing::info!(agent_id = record.agent_id, name = record.name, "agent deleted in Letta; retired its room");
+        tracing::info!(
+            agent_id = record.agent_id,
+            name = record.name,
+            "agent deleted in Letta; retired its room"
+        );
         Ok(())
     }
 }

@@ -4,3 +4,4 @@
 pub mod db;
 pub mod service;
 pub mod synapse;
+pub mod wait;

@@ -192,6 +192,9 @@ fn write_config(dir: &Path, server_name: &str, port: u16, appservice_files: &[Pa
         "trusted_key_servers": [],
         "suppress_key_server_warning": true,
         "presence": {"enabled": false},
+        // Identical initial syncs are otherwise answered from a two-minute cache, and tests
+        // poll them to watch invites arrive.
+        "caches": {"sync_response_cache_duration": 0},
         "app_service_config_files": appservice_files,
         "rc_message": generous,
         "rc_registration": generous,
@@ -286,6 +289,55 @@ impl Person {
             .as_object()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default())
+    }
+
+    /// Rooms this person is invited to, with the invite's stripped state events.
+    pub async fn invites(&self) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
+        let sync = self
+            .call(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0", None)
+            .await?;
+        let invites = sync["rooms"]["invite"].as_object().cloned().unwrap_or_default();
+        Ok(invites
+            .into_iter()
+            .map(|(room, invite)| {
+                (
+                    room,
+                    invite["invite_state"]["events"].as_array().cloned().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn joined_rooms(&self) -> anyhow::Result<Vec<String>> {
+        let rooms = self
+            .call(reqwest::Method::GET, "/_matrix/client/v3/joined_rooms", None)
+            .await?;
+        Ok(rooms["joined_rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// One state event's content, or `None` when the room has no such state.
+    pub async fn state(&self, room_id: &str, event_type: &str, state_key: &str) -> anyhow::Result<Option<Value>> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{event_type}/{}",
+            encode(room_id),
+            encode(state_key)
+        );
+        match self.call(reqwest::Method::GET, &path, None).await {
+            Ok(content) => Ok(Some(content)),
+            Err(error) if error.to_string().contains("404") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn display_name(&self, user_id: &str) -> anyhow::Result<Option<String>> {
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", encode(user_id));
+        let profile = self.call(reqwest::Method::GET, &path, None).await?;
+        Ok(profile["displayname"].as_str().map(str::to_owned))
     }
 
     /// The room's latest events, newest first.
