@@ -42,6 +42,19 @@ impl Installation {
         Self { dir, port, env }
     }
 
+    /// A second replica of this installation: same settings and registration, its own port.
+    pub fn replica(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut replica = Self {
+            dir,
+            port,
+            env: self.env.clone(),
+        };
+        replica.set("LETTA_MATRIX_BIND", format!("127.0.0.1:{port}"));
+        replica
+    }
+
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.into()));
@@ -145,6 +158,11 @@ impl Served {
             .find(|l| l.starts_with("VmRSS:"))
             .unwrap_or("VmRSS: 0 kB");
         line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill -9");
     }
 
     /// SIGTERM, as a container runtime stops us; returns the exit code.
