@@ -17,12 +17,17 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// An agent as the real server returned it; each stand-in agent is this with its own fields.
+/// An agent as the real server returned it from `GET /v1/agents/{id}` and `POST /v1/agents/`.
 const AGENT_TEMPLATE: &str = include_str!("../fixtures/agent.json");
+/// The same agent as the real server listed it to a 1.0 client: without relationships, a third
+/// of the size, which matters for listing thousands.
+const LISTED_TEMPLATE: &str = include_str!("../fixtures/agents_list.json");
 
 #[derive(Default)]
 struct World {
     agents: BTreeMap<String, Value>,
+    /// Each agent as the list shows it, kept beside the full one.
+    listed: BTreeMap<String, Value>,
     /// Insertion order stands in for `created_at` order, which ties on fast machines.
     order: Vec<String>,
     requests: BTreeMap<String, usize>,
@@ -98,15 +103,12 @@ impl LettaStandin {
     pub fn rename_agent(&self, agent_id: &str, name: &str) {
         let mut world = self.world();
         let now = world.tick();
-        let agent = world.agents.get_mut(agent_id).expect("the agent exists");
-        agent["name"] = json!(name);
-        agent["updated_at"] = json!(now);
+        set_fields(&mut world, agent_id, &json!({"name": name}), &now);
     }
 
     pub fn delete_agent(&self, agent_id: &str) {
         let mut world = self.world();
-        world.agents.remove(agent_id);
-        world.order.retain(|id| id != agent_id);
+        remove(&mut world, agent_id);
     }
 
     pub fn agent_ids(&self) -> Vec<String> {
@@ -148,9 +150,38 @@ fn create(world: &mut World, name: &str, description: Option<&str>) -> Value {
     agent["created_at"] = json!(now);
     agent["updated_at"] = json!(now);
     agent["message_ids"] = json!([]);
+    let mut listed: Value =
+        serde_json::from_str::<Vec<Value>>(LISTED_TEMPLATE).expect("the fixture is a JSON list")[0].clone();
+    for field in ["id", "name", "description", "created_at", "updated_at", "message_ids"] {
+        listed[field] = agent[field].clone();
+    }
     world.agents.insert(id.clone(), agent.clone());
+    world.listed.insert(id.clone(), listed);
     world.order.push(id);
     agent
+}
+
+/// Applies `changes` (name, description) to both shapes of the agent; false if it is unknown.
+fn set_fields(world: &mut World, agent_id: &str, changes: &Value, now: &str) -> bool {
+    let mut found = false;
+    for shape in [&mut world.agents, &mut world.listed] {
+        if let Some(agent) = shape.get_mut(agent_id) {
+            for field in ["name", "description"] {
+                if let Some(value) = changes.get(field) {
+                    agent[field] = value.clone();
+                }
+            }
+            agent["updated_at"] = json!(now);
+            found = true;
+        }
+    }
+    found
+}
+
+fn remove(world: &mut World, agent_id: &str) -> bool {
+    world.listed.remove(agent_id);
+    world.order.retain(|id| id != agent_id);
+    world.agents.remove(agent_id).is_some()
 }
 
 /// A uuid4-shaped id; random so that ids never repeat across stand-ins in one test run.
@@ -241,7 +272,7 @@ async fn list_agents(State(world): State<Shared>, Query(query): Query<ListQuery>
     let page: Vec<Value> = ids[start.min(end)..end]
         .iter()
         .take(query.limit.unwrap_or(50))
-        .map(|id| world.agents[*id].clone())
+        .map(|id| world.listed[*id].clone())
         .collect();
     Json(Value::Array(page)).into_response()
 }
@@ -263,23 +294,15 @@ async fn create_agent(State(world): State<Shared>, Json(body): Json<Value>) -> R
 async fn update_agent(State(world): State<Shared>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
     let mut world = world.lock().unwrap();
     let now = world.tick();
-    let Some(agent) = world.agents.get_mut(&agent_id) else {
+    if !set_fields(&mut world, &agent_id, &body, &now) {
         return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
-    };
-    for field in ["name", "description"] {
-        if let Some(value) = body.get(field) {
-            agent[field] = value.clone();
-        }
     }
-    agent["updated_at"] = json!(now);
-    Json(agent.clone()).into_response()
+    Json(world.agents[&agent_id].clone()).into_response()
 }
 
 async fn delete_agent(State(world): State<Shared>, Path(agent_id): Path<String>) -> Response {
-    let mut world = world.lock().unwrap();
-    if world.agents.remove(&agent_id).is_none() {
+    if !remove(&mut world.lock().unwrap(), &agent_id) {
         return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
     }
-    world.order.retain(|id| *id != agent_id);
     Json(json!({"message": format!("Agent id={agent_id} successfully deleted")})).into_response()
 }
