@@ -160,6 +160,11 @@ impl Served {
         line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
     }
 
+    /// CPU seconds the process has used so far (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(self.pid() as u32)
+    }
+
     /// SIGKILL: a crash, with no chance to clean up.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill -9");
@@ -173,4 +178,19 @@ impl Served {
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         status.ok().and_then(|s| s.ok()).and_then(|s| s.code())
     }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
 }
