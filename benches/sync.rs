@@ -14,7 +14,6 @@ use letta_matrix::app::AppState;
 use letta_matrix::config::Settings;
 use letta_matrix::registration;
 use letta_standin::LettaStandin;
-use serde_json::Value;
 use support::db::TestDatabase;
 use support::service::{Installation, process_cpu_seconds};
 use support::synapse::{Person, Synapse};
@@ -155,15 +154,7 @@ async fn invited_to(person: &Person, name: &str) -> bool {
 }
 
 async fn ready_agents(install: &Installation) -> usize {
-    let status: Value = reqwest::Client::new()
-        .get(format!("{}/status", install.base_url()))
-        .bearer_auth("bench")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = install.status().await;
     status["agents"]
         .as_array()
         .map_or(0, |agents| agents.iter().filter(|a| a["state"] == "ready").count())

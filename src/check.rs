@@ -146,7 +146,7 @@ fn ping_hint(settings: &Settings, error: &MatrixError) -> String {
 
 async fn check_letta(settings: &Settings, report: &mut Report) {
     let letta = LettaClient::new(settings.letta_url.clone(), settings.letta_token.clone())
-        .with_retry(crate::retry::RetryPolicy::once());
+        .with_retry(crate::outbound::RetryPolicy::once());
     match letta.health().await {
         Ok(health) => report.pass(
             "letta",

@@ -173,6 +173,19 @@ impl Settings {
         Self::from_parts(&text, path.as_deref(), &env)
     }
 
+    /// Settings for unit tests: a server name, a homeserver URL, defaults for everything else.
+    #[cfg(test)]
+    pub fn for_tests(server_name: &str) -> Self {
+        let env = [
+            ("LETTA_MATRIX_SERVER_NAME".to_owned(), server_name.to_owned()),
+            (
+                "LETTA_MATRIX_HOMESERVER_URL".to_owned(),
+                "http://127.0.0.1:8008".to_owned(),
+            ),
+        ];
+        Self::from_parts("", None, &env).expect("the test settings are valid")
+    }
+
     /// The pure core of [`Settings::load`], so tests need not touch the process environment.
     pub fn from_parts(toml_text: &str, path: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
         let display_path = path.map(Path::to_path_buf).unwrap_or_else(|| "the environment".into());

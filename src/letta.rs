@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::config::Secret;
-use crate::retry::RetryPolicy;
+use crate::outbound::RetryPolicy;
 
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
@@ -70,12 +70,7 @@ pub struct LettaClient {
 
 impl LettaClient {
     pub fn new(base: Url, token: Option<Secret>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("letta-matrix/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a TLS backend is compiled in");
+        let http = crate::outbound::http_client(Duration::from_secs(30));
         Self {
             http,
             base,

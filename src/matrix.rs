@@ -31,7 +31,7 @@ use ruma::profile::ProfileFieldValue;
 use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId};
 
 use crate::config::Secret;
-pub use crate::retry::RetryPolicy;
+pub use crate::outbound::RetryPolicy;
 
 /// Every stable client-server endpoint we call exists since v1.1; claiming a version lets ruma
 /// pick stable paths without a `/versions` round trip at start.
@@ -143,12 +143,7 @@ pub struct MatrixClient {
 
 impl MatrixClient {
     pub fn new(homeserver_url: &url::Url, as_token: Secret) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("letta-matrix/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a TLS backend is compiled in");
+        let http = crate::outbound::http_client(Duration::from_secs(60));
         let versions = SupportedVersions::from_parts(&[ASSUMED_SPEC_VERSION.to_owned()], &BTreeMap::new());
         Self {
             http,

@@ -183,14 +183,7 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        let env = [
-            ("LETTA_MATRIX_SERVER_NAME".to_string(), "chat.example.org".to_string()),
-            (
-                "LETTA_MATRIX_HOMESERVER_URL".to_string(),
-                "http://127.0.0.1:8008".to_string(),
-            ),
-        ];
-        Settings::from_parts("", None, &env).unwrap()
+        Settings::for_tests("chat.example.org")
     }
 
     #[test]

@@ -70,18 +70,6 @@ async fn invited_room(person: &Person, name: &str) -> String {
     .await
 }
 
-async fn status(install: &Installation) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/status", install.base_url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn metric(install: &Installation, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", install.base_url()))
         .await
@@ -211,7 +199,7 @@ async fn agents_get_ghosts_rooms_and_space_and_follow_renames_and_deletions() {
 
     // The ghost leaves before the pass records the deletion.
     let report = eventually("the deletion recorded", PATIENCE, || async {
-        let report = status(&stack.install).await;
+        let report = stack.install.status().await;
         let deleted = report["agents"]
             .as_array()?
             .iter()
@@ -265,12 +253,7 @@ async fn letta_down_at_start_then_back() {
     let served = stack.install.serve().await.unwrap();
 
     let ready = eventually("/ready to report Letta", PATIENCE, || async {
-        let ready: Value = reqwest::get(format!("{}/ready", stack.install.base_url()))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let ready = stack.install.ready().await?;
         (ready["letta"] != "not checked yet").then_some(ready)
     })
     .await;
@@ -287,12 +270,7 @@ async fn letta_down_at_start_then_back() {
     invited_room(&stack.alice, "Late").await;
     // The invite shows mid-pass; the pass records Letta as healthy when it ends.
     eventually("/ready to see Letta back", PATIENCE, || async {
-        let ready: Value = reqwest::get(format!("{}/ready", stack.install.base_url()))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let ready = stack.install.ready().await?;
         (ready["status"] == "ready" && ready["letta"] == "ok").then_some(())
     })
     .await;
@@ -316,7 +294,7 @@ async fn homeserver_outage_and_crashed_pass_leave_one_room_per_agent() {
     let served = stack.install.serve().await.unwrap();
     invited_room(&stack.alice, "Letta Agents").await;
     let report = eventually("the orphan adopted", PATIENCE, || async {
-        let report = status(&stack.install).await;
+        let report = stack.install.status().await;
         (report["agents"][0]["state"] == "ready").then_some(report)
     })
     .await;
@@ -336,7 +314,7 @@ async fn homeserver_outage_and_crashed_pass_leave_one_room_per_agent() {
     .await;
     stack.synapse.restart().await.unwrap();
     let room = invited_room(&stack.alice, "During outage").await;
-    let report = status(&stack.install).await;
+    let report = stack.install.status().await;
     let entry = report["agents"]
         .as_array()
         .unwrap()

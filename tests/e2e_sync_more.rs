@@ -6,35 +6,15 @@ mod support;
 use std::time::Duration;
 
 use letta_standin::LettaStandin;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::db::TestDatabase;
-use support::service::{Installation, Served};
+use support::service::Installation;
 use support::synapse::Synapse;
 use support::wait::eventually;
 
 const SERVER: &str = "more.test";
 const ADMIN_TOKEN: &str = "status-token-for-tests";
 const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn ready(install: &Installation) -> Option<Value> {
-    reqwest::get(format!("{}/ready", install.base_url()))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-async fn status(install: &Installation) -> Value {
-    let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{}/status", install.base_url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    response.json().await.unwrap()
-}
 
 async fn installation(synapse_url: Option<&str>, letta_url: &str, database_url: Option<&str>) -> Installation {
     let mut install = Installation::new(SERVER);
@@ -62,7 +42,7 @@ async fn a_person_invites_an_agent_into_a_direct_chat() {
     let served = install.serve().await.unwrap();
     let ghost = format!("@letta_{agent}:{SERVER}");
     eventually("the agent in Matrix", PATIENCE, || async {
-        (status(&install).await["agents"][0]["state"] == "ready").then_some(())
+        (install.status().await["agents"][0]["state"] == "ready").then_some(())
     })
     .await;
 
@@ -75,7 +55,7 @@ async fn a_person_invites_an_agent_into_a_direct_chat() {
     })
     .await;
     let rooms = eventually("the DM recorded", PATIENCE, || async {
-        let rooms = status(&install).await["agents"][0]["other_rooms"].clone();
+        let rooms = install.status().await["agents"][0]["other_rooms"].clone();
         (rooms.as_array()?.len() == 1).then_some(rooms)
     })
     .await;
@@ -84,10 +64,10 @@ async fn a_person_invites_an_agent_into_a_direct_chat() {
 }
 
 /// The replica that leads, among several sharing one PostgreSQL database.
-async fn leaders(replicas: &[(&Installation, &Served)]) -> Vec<usize> {
+async fn leaders(replicas: &[&Installation]) -> Vec<usize> {
     let mut leading = Vec::new();
-    for (index, (install, _)) in replicas.iter().enumerate() {
-        if ready(install).await.is_some_and(|r| r["sync"]["leader"] == true) {
+    for (index, install) in replicas.iter().enumerate() {
+        if install.ready().await.is_some_and(|r| r["sync"]["leader"] == true) {
             leading.push(index);
         }
     }
@@ -106,7 +86,7 @@ async fn replicas_on_postgres_elect_one_reconciler_and_take_over_after_a_crash()
     let second_served = second.serve().await.unwrap();
 
     let leading = eventually("one leader", PATIENCE, || async {
-        let leading = leaders(&[(&first, &first_served), (&second, &second_served)]).await;
+        let leading = leaders(&[&first, &second]).await;
         (!leading.is_empty()).then_some(leading)
     })
     .await;
@@ -122,7 +102,8 @@ async fn replicas_on_postgres_elect_one_reconciler_and_take_over_after_a_crash()
     first_served.kill().await;
     let started = std::time::Instant::now();
     eventually("the second replica taking over", PATIENCE, || async {
-        ready(&second)
+        second
+            .ready()
             .await
             .is_some_and(|r| r["sync"]["leader"] == true)
             .then_some(())

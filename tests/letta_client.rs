@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use letta_matrix::config::Secret;
 use letta_matrix::letta::{LettaClient, LettaError};
-use letta_matrix::retry::RetryPolicy;
+use letta_matrix::outbound::RetryPolicy;
 use letta_standin::LettaStandin;
 
 fn client(letta: &LettaStandin, token: Option<&str>) -> LettaClient {

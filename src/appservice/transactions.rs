@@ -152,11 +152,7 @@ mod tests {
     use crate::config::Settings;
 
     fn namespace() -> Namespace {
-        let env = [
-            ("LETTA_MATRIX_SERVER_NAME".to_string(), "example.org".to_string()),
-            ("LETTA_MATRIX_HOMESERVER_URL".to_string(), "http://hs".to_string()),
-        ];
-        Namespace::new(&Settings::from_parts("", None, &env).unwrap())
+        Namespace::new(&Settings::for_tests("example.org"))
     }
 
     fn event(value: Value) -> Raw<AnyTimelineEvent> {

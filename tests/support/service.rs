@@ -75,6 +75,33 @@ impl Installation {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `/ready`'s JSON, or `None` while nothing answers.
+    pub async fn ready(&self) -> Option<serde_json::Value> {
+        reqwest::get(format!("{}/ready", self.base_url()))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// `/status`'s JSON, with the admin token the installation was given.
+    pub async fn status(&self) -> serde_json::Value {
+        let token = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "LETTA_MATRIX_ADMIN_TOKEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let response = reqwest::Client::new()
+            .get(format!("{}/status", self.base_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BINARY);
         command

@@ -1,7 +1,17 @@
-//! Backoff shared by every outbound client: exponential, capped, with jitter so that replicas
-//! retrying together spread out.
+//! What every outbound client (homeserver, Letta) shares: one HTTP client setup, and backoff
+//! that is exponential, capped, and jittered so that replicas retrying together spread out.
 
 use std::time::Duration;
+
+/// An HTTP client that names us and gives up on dead peers instead of hanging.
+pub fn http_client(request_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(request_timeout)
+        .user_agent(concat!("letta-matrix/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a TLS backend is compiled in")
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
