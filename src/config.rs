@@ -216,6 +216,7 @@ fn apply_env_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Res
         let Some(key) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        // LETTA_MATRIX_TEST_* belong to the test suite (database URLs, caches), not the service.
         if var == CONFIG_PATH_ENV || key.starts_with("TEST_") {
             continue;
         }
