@@ -3,7 +3,8 @@
 //! real Synapse with the `serve` binary (time, the bottleneck, memory).
 //!
 //! `cargo bench --bench sync` prints the figures (needs `SYNAPSE_PYTHON`, as `scripts/test` sets).
-//! Under `cargo test` it runs the same steps on a handful of agents.
+//! Under `cargo test` it runs the same steps on a handful of agents. `-- pass` or `-- synapse` after
+//! the command runs one part.
 
 #[path = "../tests/support/mod.rs"]
 mod support;

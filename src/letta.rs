@@ -14,8 +14,9 @@ use crate::outbound::RetryPolicy;
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
 const SDK_VERSION_HEADER: (&str, &str) = ("X-Stainless-Package-Version", "1.0.0");
-/// Letta's own default page size.
-const AGENTS_PAGE_SIZE: usize = 50;
+/// Letta sets no maximum; 200 keeps a page near 1.3 MB and a 1,000-agent list at five requests
+/// (its default of 50 would take twenty).
+const AGENTS_PAGE_SIZE: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LettaError {

@@ -68,21 +68,32 @@ async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Resu
         return Err(AppError::Forbidden);
     }
     let space = state.store.bridge_room("space").await?.map(|room| room.room_id);
-    let mut agents = Vec::new();
-    for agent in state.store.agents().await? {
-        let rooms = state.store.agent_rooms(&agent.agent_id).await?;
-        agents.push(json!({
-            "agent_id": agent.agent_id,
-            "name": agent.name,
-            "ghost": agent.ghost_user_id,
-            "room_id": agent.room_id,
-            "room_alias": agent.room_alias,
-            "state": agent.sync_step,
-            "in_space": agent.sync_step == "ready" && agent.deleted_at.is_none(),
-            "deleted_at_ms": agent.deleted_at,
-            "other_rooms": rooms.iter().map(|(room, kind)| json!({"room_id": room, "kind": kind})).collect::<Vec<_>>(),
-        }));
+    let mut other_rooms: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
+    for (agent_id, room_id, kind) in state.store.all_agent_rooms().await? {
+        other_rooms
+            .entry(agent_id)
+            .or_default()
+            .push(json!({"room_id": room_id, "kind": kind}));
     }
+    let agents: Vec<serde_json::Value> = state
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .map(|agent| {
+            json!({
+                "in_space": agent.sync_step == "ready" && agent.deleted_at.is_none(),
+                "other_rooms": other_rooms.remove(&agent.agent_id).unwrap_or_default(),
+                "agent_id": agent.agent_id,
+                "name": agent.name,
+                "ghost": agent.ghost_user_id,
+                "room_id": agent.room_id,
+                "room_alias": agent.room_alias,
+                "state": agent.sync_step,
+                "deleted_at_ms": agent.deleted_at,
+            })
+        })
+        .collect();
     let sync = state.sync_state.read().expect("state lock").clone();
     Ok(Json(json!({"space": space, "sync": sync, "agents": agents})))
 }

@@ -20,13 +20,13 @@ fn client(letta: &LettaStandin, token: Option<&str>) -> LettaClient {
 #[tokio::test]
 async fn lists_every_agent_across_pages_oldest_first() {
     let letta = LettaStandin::start().await;
-    let created: Vec<String> = (0..120)
+    let created: Vec<String> = (0..450)
         .map(|n| letta.create_agent(&format!("agent {n}"), None))
         .collect();
     let listed = client(&letta, None).list_agents().await.unwrap();
     assert_eq!(listed.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), created);
     assert_eq!(listed[7].name, "agent 7");
-    assert_eq!(letta.requests("GET /v1/agents/"), 3, "pages of 50: 50 + 50 + 20");
+    assert_eq!(letta.requests("GET /v1/agents/"), 3, "pages of 200: 200 + 200 + 50");
 }
 
 #[tokio::test]

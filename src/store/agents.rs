@@ -154,6 +154,16 @@ impl Store {
         Ok(())
     }
 
+    /// Every agent's other rooms at once, as (agent id, room id, kind), for listings.
+    pub async fn all_agent_rooms(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rooms = sqlx::query_as(
+            "SELECT agent_id, room_id, kind FROM agent_rooms WHERE left_at IS NULL ORDER BY agent_id, joined_at, room_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rooms)
+    }
+
     /// Rooms the agent is in besides its own, as (room id, kind).
     pub async fn agent_rooms(&self, agent_id: &str) -> Result<Vec<(String, String)>, StoreError> {
         let rooms = sqlx::query_as(

@@ -59,8 +59,13 @@ pub struct PassSummary {
     pub failed: usize,
 }
 
+/// The agent rows as of the last pass. Only the leader writes them, so they stay true until this
+/// replica changes something or (re)gains leadership; an unchanged pass then reads no rows.
+type KnownAgents = Arc<tokio::sync::Mutex<Option<HashMap<String, AgentRecord>>>>;
+
 #[derive(Clone)]
 pub struct Reconciler {
+    known: KnownAgents,
     store: Store,
     matrix: MatrixClient,
     letta: LettaClient,
@@ -79,6 +84,7 @@ impl Reconciler {
         state: SharedSyncState,
     ) -> Self {
         Self {
+            known: KnownAgents::default(),
             store,
             matrix,
             letta,
@@ -120,6 +126,8 @@ impl Reconciler {
         match self.store.try_lead().await {
             Ok(Some(taken)) => {
                 tracing::info!("this replica now runs agent sync");
+                // Another leader may have changed the rows meanwhile.
+                *self.known.lock().await = None;
                 *leadership = Some(taken);
             }
             Ok(None) => {}
@@ -170,13 +178,17 @@ impl Reconciler {
     /// database read and no homeserver call.
     pub async fn pass(&self) -> Result<PassSummary, SyncError> {
         let agents = self.letta.list_agents().await?;
-        let records: HashMap<String, AgentRecord> = self
-            .store
-            .agents()
-            .await?
-            .into_iter()
-            .map(|record| (record.agent_id.clone(), record))
-            .collect();
+        let mut known = self.known.lock().await;
+        let records = match known.take() {
+            Some(records) => records,
+            None => self
+                .store
+                .agents()
+                .await?
+                .into_iter()
+                .map(|record| (record.agent_id.clone(), record))
+                .collect(),
+        };
         metrics::gauge!("letta_matrix_agents_known").set(agents.len() as f64);
 
         let work: Vec<(&Agent, Option<AgentRecord>)> = agents
@@ -187,17 +199,21 @@ impl Reconciler {
             })
             .collect();
         let listed: HashSet<&str> = agents.iter().map(|agent| agent.id.as_str()).collect();
-        let gone: Vec<&AgentRecord> = records
+        let gone: Vec<AgentRecord> = records
             .values()
             .filter(|record| record.deleted_at.is_none() && !listed.contains(record.agent_id.as_str()))
+            .cloned()
             .collect();
         let mut summary = PassSummary {
             agents: agents.len(),
             ..PassSummary::default()
         };
         if work.is_empty() && gone.is_empty() {
+            *known = Some(records);
             return Ok(summary);
         }
+        // This pass writes rows: the next one reads them afresh.
+        drop(known);
 
         let space = self.ensure_space().await?;
         // Built eagerly: a lazily mapped stream of borrowing futures trips the compiler's Send
@@ -224,7 +240,7 @@ impl Reconciler {
                 }
             }
         }
-        for record in gone {
+        for record in &gone {
             match self.retire(record, &space).await {
                 Ok(()) => summary.retired += 1,
                 Err(error) => {
