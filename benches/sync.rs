@@ -44,13 +44,21 @@ const SMOKE: Sizes = Sizes {
 
 #[tokio::main]
 async fn main() {
-    let sizes = if std::env::args().any(|arg| arg == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes = if args.iter().any(|arg| arg == "--bench") {
         MEASURE
     } else {
         SMOKE
     };
-    unchanged_pass_cost(&sizes).await;
-    on_synapse(&sizes).await;
+    // `cargo bench --bench sync -- pass` (or `-- synapse`) runs one part.
+    let chosen = |part: &str| args.iter().any(|arg| arg == part);
+    let everything = !chosen("pass") && !chosen("synapse");
+    if everything || chosen("pass") {
+        unchanged_pass_cost(&sizes).await;
+    }
+    if everything || chosen("synapse") {
+        on_synapse(&sizes).await;
+    }
 }
 
 /// CPU time of the whole process, at nanosecond resolution.
