@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use letta_matrix::app::AppState;
 use letta_matrix::config::Settings;
+use letta_matrix::letta::AGENTS_PAGE_SIZE;
 use letta_matrix::registration;
 use letta_standin::LettaStandin;
 use support::db::TestDatabase;
@@ -117,9 +118,9 @@ async fn unchanged_pass_cost(sizes: &Sizes) {
     // The stand-in shares this process; its side of the same list calls is measured alone.
     let http = reqwest::Client::new();
     let (_, standin_cpu) = timed(sizes.passes, || async {
-        // As many 50-agent pages as a pass fetches; their content does not change the cost.
-        for _ in 0..sizes.unchanged_agents.div_ceil(50) {
-            let url = format!("{}/v1/agents/?limit=50&order=asc", letta.url());
+        // The same pages a pass fetches; their content does not change the cost.
+        for _ in 0..sizes.unchanged_agents.div_ceil(AGENTS_PAGE_SIZE) {
+            let url = format!("{}/v1/agents/?limit={AGENTS_PAGE_SIZE}&order=asc", letta.url());
             http.get(url).send().await.unwrap().bytes().await.unwrap();
         }
     })

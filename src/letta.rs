@@ -16,7 +16,7 @@ use crate::outbound::RetryPolicy;
 const SDK_VERSION_HEADER: (&str, &str) = ("X-Stainless-Package-Version", "1.0.0");
 /// Letta sets no maximum; 200 keeps a page near 1.3 MB and a 1,000-agent list at five requests
 /// (its default of 50 would take twenty).
-const AGENTS_PAGE_SIZE: usize = 200;
+pub const AGENTS_PAGE_SIZE: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LettaError {
