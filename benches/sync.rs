@@ -104,7 +104,7 @@ async fn unchanged_pass_cost(sizes: &Sizes) {
             .await
             .unwrap();
     }
-    let reconciler = state.reconciler();
+    let reconciler = letta_matrix::sync::Reconciler::new(&state);
     reconciler.pass().await.unwrap();
 
     let (wall, cpu) = timed(sizes.passes, || async {

@@ -53,17 +53,6 @@ impl AppState {
             sync_state: SharedSyncState::default(),
         }
     }
-
-    pub fn reconciler(&self) -> Reconciler {
-        Reconciler::new(
-            self.store.clone(),
-            self.matrix.clone(),
-            self.letta.clone(),
-            self.namespace.clone(),
-            self.settings.clone(),
-            self.sync_state.clone(),
-        )
-    }
 }
 
 /// The appservice routes, plus the ops routes unless they have their own listener.
@@ -148,7 +137,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     // Only once we listen: the first pass makes the homeserver push transactions to us.
-    let workers = vec![state.reconciler().spawn(state.inbox_signal.clone())];
+    let workers = vec![Reconciler::new(&state).spawn(state.inbox_signal.clone())];
     tracing::info!(%address, ?ops_address, homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
     Ok(Running {
         address,

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::app::AppState;
 use crate::config::Settings;
 use crate::letta::{Agent, LettaClient, LettaError};
 use crate::matrix::{MatrixClient, MatrixError};
@@ -75,22 +76,16 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(
-        store: Store,
-        matrix: MatrixClient,
-        letta: LettaClient,
-        namespace: Arc<Namespace>,
-        settings: Arc<Settings>,
-        state: SharedSyncState,
-    ) -> Self {
+    /// A reconciler sharing the service's clients, store and sync state.
+    pub fn new(app: &AppState) -> Self {
         Self {
             known: KnownAgents::default(),
-            store,
-            matrix,
-            letta,
-            namespace,
-            settings,
-            state,
+            store: app.store.clone(),
+            matrix: app.matrix.clone(),
+            letta: app.letta.clone(),
+            namespace: app.namespace.clone(),
+            settings: app.settings.clone(),
+            state: app.sync_state.clone(),
         }
     }
 
