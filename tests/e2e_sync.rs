@@ -156,6 +156,21 @@ async fn agents_get_ghosts_rooms_and_space_and_follow_renames_and_deletions() {
         calls_before
     );
 
+    // People talking in agent rooms wake the inbox workers, not Letta: passes stay on the interval.
+    let lists_before = letta.requests("GET /v1/agents/");
+    let started = std::time::Instant::now();
+    for n in 0..15 {
+        alice.send_text(&room, &format!("message {n}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let passes = letta.requests("GET /v1/agents/") - lists_before;
+    let interval_ticks = started.elapsed().as_millis() as usize / 300 + 1;
+    assert!(
+        passes <= interval_ticks,
+        "{passes} Letta calls in {} ticks",
+        interval_ticks
+    );
+
     letta.rename_agent(&meridian, "Meridian II");
     eventually("the rename in the room", PATIENCE, || async {
         let name = alice.state(&room, "m.room.name", "").await.unwrap()?;

@@ -89,22 +89,35 @@ impl Reconciler {
         }
     }
 
-    /// Runs passes forever: every interval, and at once when `wake` is notified (new inbox rows,
-    /// an operator's request).
+    /// Runs a pass every interval (the first at once), and handles invites to agents at every
+    /// tick and whenever `wake` says the inbox has new rows.
     pub fn spawn(self, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let interval = Duration::from_millis(self.settings.raw.sync_interval_ms);
+            let mut ticks = tokio::time::interval(Duration::from_millis(self.settings.raw.sync_interval_ms));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut leadership: Option<Leadership> = None;
             loop {
-                if self.keep_or_take_leadership(&mut leadership).await {
-                    self.run_pass().await;
-                    if let Err(error) = self.accept_invites().await {
-                        tracing::warn!(%error, "cannot handle invites to agents");
-                    }
+                // A tick compares Letta with Matrix; new inbox rows only need their invites handled,
+                // so a busy room does not cost a Letta call per message.
+                let tick = tokio::select! {
+                    _ = ticks.tick() => true,
+                    _ = wake.notified() => false,
+                };
+                // Leadership is checked (and sought) on ticks only: a follower woken by every
+                // transaction must not open a database session each time.
+                let leading = if tick {
+                    self.keep_or_take_leadership(&mut leadership).await
+                } else {
+                    leadership.is_some()
+                };
+                if !leading {
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = wake.notified() => {}
+                if tick {
+                    self.run_pass().await;
+                }
+                if let Err(error) = self.accept_invites().await {
+                    tracing::warn!(%error, "cannot handle invites to agents");
                 }
             }
         })
