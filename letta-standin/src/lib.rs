@@ -306,3 +306,60 @@ async fn delete_agent(State(world): State<Shared>, Path(agent_id): Path<String>)
     }
     Json(json!({"message": format!("Agent id={agent_id} successfully deleted")})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_look_like_letta_ids() {
+        let id = uuid_like(7);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4'), "version 4: {id}");
+        assert_ne!(uuid_like(7), uuid_like(7));
+    }
+
+    #[tokio::test]
+    async fn lists_newest_first_unless_asked_and_pages_by_cursor() {
+        let letta = LettaStandin::start().await;
+        let ids: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|name| letta.create_agent(name, None))
+            .collect();
+        let list = |query: String| {
+            let url = format!("{}/v1/agents/?{query}", letta.url());
+            async move {
+                let page: Vec<Value> = reqwest_free_get(&url).await;
+                page.iter()
+                    .map(|a| a["id"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(String::new()).await,
+            [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        );
+        assert_eq!(
+            list(format!("order=asc&limit=1&after={}", ids[0])).await,
+            [ids[1].clone()]
+        );
+        letta.delete_agent(&ids[1]);
+        assert_eq!(list("order=asc".into()).await, [ids[0].clone(), ids[2].clone()]);
+        assert_eq!(letta.requests("GET /v1/agents/"), 3);
+    }
+
+    /// A plain HTTP/1.1 GET over a TCP stream: the stand-in's tests need no HTTP client crate.
+    async fn reqwest_free_get(url: &str) -> Vec<Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+}
