@@ -16,6 +16,7 @@ use crate::error::AppError;
 use crate::letta::LettaClient;
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::sync::{Reconciler, SharedSyncState};
 use crate::{appservice, ops, registration, telemetry};
@@ -31,8 +32,12 @@ pub struct AppState {
     pub namespace: Arc<Namespace>,
     pub matrix: MatrixClient,
     pub metrics: PrometheusHandle,
-    /// Woken whenever the inbox gains rows, so workers need not poll hard.
+    /// Woken whenever the inbox gains rows, so the relay need not poll hard.
     pub inbox_signal: Arc<Notify>,
+    /// Woken when an operator asks for a history import.
+    pub history_signal: Arc<Notify>,
+    /// Woken when an operator asks for a sync pass now.
+    pub sync_signal: Arc<Notify>,
     pub letta: LettaClient,
     pub sync_state: SharedSyncState,
 }
@@ -49,6 +54,8 @@ impl AppState {
             matrix,
             metrics: telemetry::metrics_handle(),
             inbox_signal: Arc::new(Notify::new()),
+            history_signal: Arc::new(Notify::new()),
+            sync_signal: Arc::new(Notify::new()),
             letta,
             sync_state: SharedSyncState::default(),
         }
@@ -77,6 +84,7 @@ pub struct Running {
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: ShutdownSignal,
+    relay_owner: String,
 }
 
 impl Running {
@@ -93,6 +101,10 @@ impl Running {
         }
         for server in self.servers {
             server.await.context("server task panicked")?.context("server failed")?;
+        }
+        // Rooms this process was answering are free at once for the next start or another replica.
+        if let Err(error) = self.state.store.release_leases(&self.relay_owner).await {
+            tracing::warn!(%error, "cannot release relay leases; they expire on their own");
         }
         self.state.store.close().await;
         Ok(())
@@ -117,11 +129,24 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {bind}"))?;
     let address = listener.local_addr()?;
     let ops_bind = state.settings.raw.ops_bind;
-    let mut servers = vec![spawn_server(
-        listener,
-        router(state.clone(), ops_bind.is_none()),
-        shutdown.clone(),
-    )];
+    let mcp = crate::mcp::router(&state);
+    let mcp_bind = state.settings.raw.mcp_bind;
+    let mut main_router = router(state.clone(), ops_bind.is_none());
+    if let (Some(mcp), None) = (&mcp, mcp_bind) {
+        main_router = main_router.merge(mcp.clone());
+    }
+    let mut servers = vec![spawn_server(listener, main_router, shutdown.clone())];
+    let mcp_address = match (mcp, mcp_bind) {
+        (Some(mcp), Some(mcp_bind)) => {
+            let listener = TcpListener::bind(mcp_bind)
+                .await
+                .with_context(|| format!("cannot listen on {mcp_bind} (mcp_bind)"))?;
+            let address = listener.local_addr()?;
+            servers.push(spawn_server(listener, mcp, shutdown.clone()));
+            Some(address)
+        }
+        _ => None,
+    };
     let ops_address = match ops_bind {
         Some(ops_bind) => {
             let listener = TcpListener::bind(ops_bind)
@@ -137,8 +162,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     // Only once we listen: the first pass makes the homeserver push transactions to us.
-    let workers = vec![Reconciler::new(&state).spawn(state.inbox_signal.clone())];
-    tracing::info!(%address, ?ops_address, homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
+    let relay = Relay::new(&state);
+    let relay_owner = relay.owner().to_owned();
+    let mut workers = vec![Reconciler::new(&state).spawn(state.sync_signal.clone())];
+    workers.extend(relay.spawn(state.inbox_signal.clone()));
+    workers.push(crate::history::Importer::new(&state).spawn(state.history_signal.clone()));
+    tracing::info!(%address, ?ops_address, ?mcp_address, mcp = state.settings.raw.mcp_secret.is_some(), homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
     Ok(Running {
         address,
         ops_address,
@@ -146,6 +175,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         servers,
         workers,
         shutdown,
+        relay_owner,
     })
 }
 

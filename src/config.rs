@@ -46,6 +46,8 @@ pub struct Config {
     pub letta_token_file: Option<PathBuf>,
     /// People invited to every agent room and to the space.
     pub invite: Vec<String>,
+    /// Operators: each gets a management room (a DM with the bot) that takes commands.
+    pub admins: Vec<String>,
     pub log_format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `letta_matrix=debug,info`.
     pub log_filter: String,
@@ -59,6 +61,34 @@ pub struct Config {
     pub space_name: String,
     /// Bearer token for the `/status` endpoint; without it the endpoint is off.
     pub admin_token: Option<Secret>,
+    /// Who may talk to agents: user id globs (`@*:example.org`, `@alice:*`) or bare server names.
+    /// Empty: the users of `server_name` only.
+    pub allow: Vec<String>,
+    /// How many rooms are worked on at once (each room is answered in order, one message at a time).
+    pub relay_concurrency: usize,
+    /// How long a claim on a room's next message lasts without renewal; another replica takes the
+    /// room over this long after its worker died.
+    pub relay_lease_ms: u64,
+    /// The least time between two edits of a reply that is still streaming.
+    pub relay_edit_interval_ms: u64,
+    /// How many earlier messages the agent was not addressed by go with its next turn in a group room.
+    pub relay_context_messages: usize,
+    /// Show the agent's reasoning and tool calls as collapsed notices (rooms can override).
+    pub show_reasoning: bool,
+    /// While Letta cannot be reached, a person is told after this long; the message stays queued.
+    pub relay_notice_after_ms: u64,
+    /// A message that could not be delivered to Letta for this long is given up, with a notice.
+    pub relay_give_up_after_ms: u64,
+    /// An exchange between agents stops (with a notice) after this many messages back and forth.
+    pub inter_agent_max_hops: u32,
+    /// Enables the MCP tool server; each agent's token is derived from it (`letta-matrix mcp-token`).
+    pub mcp_secret: Option<Secret>,
+    /// Serve MCP on its own address instead of `/mcp` on `bind`.
+    pub mcp_bind: Option<SocketAddr>,
+    /// A new agent room gets at most this many of the agent's latest Letta messages; 0: no import.
+    pub history_import_limit: usize,
+    /// Import the agent's reasoning too, as collapsed notices.
+    pub history_include_reasoning: bool,
 }
 
 impl Default for Config {
@@ -80,6 +110,7 @@ impl Default for Config {
             letta_token: None,
             letta_token_file: None,
             invite: Vec::new(),
+            admins: Vec::new(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
             // Synapse batches up to 100 PDUs and 100 EDUs of at most 64 KiB each.
@@ -88,6 +119,19 @@ impl Default for Config {
             sync_concurrency: 4,
             space_name: "Letta Agents".into(),
             admin_token: None,
+            allow: Vec::new(),
+            relay_concurrency: 128,
+            relay_lease_ms: 30_000,
+            relay_edit_interval_ms: 400,
+            relay_context_messages: 20,
+            show_reasoning: false,
+            relay_notice_after_ms: 20_000,
+            relay_give_up_after_ms: 3_600_000,
+            inter_agent_max_hops: 3,
+            mcp_secret: None,
+            mcp_bind: None,
+            history_import_limit: 300,
+            history_include_reasoning: false,
         }
     }
 }
@@ -150,7 +194,9 @@ pub struct Settings {
     pub letta_url: Url,
     pub letta_token: Option<Secret>,
     pub invite: Vec<OwnedUserId>,
+    pub admins: Vec<OwnedUserId>,
     pub bot_user_id: OwnedUserId,
+    pub allow: Vec<crate::relay::AllowRule>,
 }
 
 impl Settings {
@@ -316,6 +362,14 @@ impl Config {
                     .map_err(|e| invalid(format!("invite: `{user}` is not a Matrix user id ({e})")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let admins = self
+            .admins
+            .iter()
+            .map(|user| {
+                OwnedUserId::try_from(user.as_str())
+                    .map_err(|e| invalid(format!("admins: `{user}` is not a Matrix user id ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let bot_user_id = OwnedUserId::try_from(format!("@{}:{}", self.bot_localpart, server_name)).map_err(|e| {
             invalid(format!(
                 "bot_localpart `{}` is not a valid localpart: {e}",
@@ -345,6 +399,17 @@ impl Config {
                 "sync_interval_ms must be at least 100 and sync_concurrency at least 1".into(),
             ));
         }
+        if self.relay_concurrency == 0 || self.relay_lease_ms < 1000 || self.relay_edit_interval_ms < 50 {
+            return Err(invalid(
+                "relay_concurrency must be at least 1, relay_lease_ms at least 1000 and relay_edit_interval_ms at least 50"
+                    .into(),
+            ));
+        }
+        let allow = self
+            .allow
+            .iter()
+            .map(|pattern| crate::relay::AllowRule::parse(pattern).map_err(|e| invalid(format!("allow: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024".into()));
         }
@@ -356,7 +421,9 @@ impl Config {
             letta_url,
             letta_token,
             invite,
+            admins,
             bot_user_id,
+            allow,
             raw: self,
         })
     }

@@ -16,19 +16,26 @@ use ruma::api::{
         alias::get_alias,
         appservice::request_ping,
         discovery::get_supported_versions,
-        membership::{invite_user, join_room_by_id_or_alias, leave_room},
-        message::send_message_event,
+        membership::{invite_user, join_room_by_id_or_alias, joined_members, joined_rooms, leave_room},
+        message::{get_message_events, send_message_event},
         profile::set_profile_field,
+        receipt::create_receipt,
         room::create_room,
-        state::send_state_event,
+        state::{get_state_event_for_key, send_state_event},
+        typing::create_typing_event::{
+            self,
+            v3::{Typing, TypingInfo},
+        },
         uiaa::UiaaResponse,
     },
     error::{Error as RumaError, ErrorKind, FromHttpResponseError, IntoHttpError},
     path_builder::{PathBuilder, SinglePath, VersionHistory},
 };
-use ruma::events::{MessageLikeEventContent, StateEventContent};
+use ruma::events::{MessageLikeEventContent, StateEventContent, StateEventType};
 use ruma::profile::ProfileFieldValue;
-use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedRoomOrAliasId, OwnedTransactionId, RoomId, UserId,
+};
 
 use crate::config::Secret;
 pub use crate::outbound::RetryPolicy;
@@ -284,6 +291,29 @@ impl MatrixClient {
         Ok(self.send(request, as_user).await?.event_id)
     }
 
+    /// Sends an `m.room.message` whose content is any JSON (our own keys beside the spec's), at
+    /// `timestamp` when given (appservice timestamp massaging, for imported history).
+    pub async fn send_raw_message(
+        &self,
+        room_id: &RoomId,
+        txn_id: OwnedTransactionId,
+        content: &serde_json::Value,
+        as_user: &UserId,
+        timestamp: Option<ruma::MilliSecondsSinceUnixEpoch>,
+    ) -> Result<OwnedEventId, MatrixError> {
+        let body = ruma::serde::Raw::from_json(
+            serde_json::value::to_raw_value(content).map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?,
+        );
+        let mut request = send_message_event::v3::Request::new_raw(
+            room_id.to_owned(),
+            txn_id,
+            ruma::events::MessageLikeEventType::RoomMessage,
+            body,
+        );
+        request.timestamp = timestamp;
+        Ok(self.send(request, Some(as_user)).await?.event_id)
+    }
+
     pub async fn send_state<C, K>(
         &self,
         room_id: &RoomId,
@@ -332,6 +362,90 @@ impl MatrixClient {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Shows `user` typing for `timeout`, or stops showing it with `None`.
+    pub async fn typing(&self, room_id: &RoomId, user: &UserId, timeout: Option<Duration>) -> Result<(), MatrixError> {
+        let state = match timeout {
+            Some(timeout) => Typing::Yes(TypingInfo::new(timeout)),
+            None => Typing::No,
+        };
+        let request = create_typing_event::v3::Request::new(user.to_owned(), room_id.to_owned(), state);
+        self.send(request, Some(user)).await.map(drop)
+    }
+
+    pub async fn read_receipt(&self, room_id: &RoomId, event_id: &EventId, user: &UserId) -> Result<(), MatrixError> {
+        let request = create_receipt::v3::Request::new(
+            room_id.to_owned(),
+            create_receipt::v3::ReceiptType::Read,
+            event_id.to_owned(),
+        );
+        self.send(request, Some(user)).await.map(drop)
+    }
+
+    /// A member's display name in a room, read as `as_user` (who must be in the room).
+    pub async fn display_name(
+        &self,
+        room_id: &RoomId,
+        member: &UserId,
+        as_user: &UserId,
+    ) -> Result<Option<String>, MatrixError> {
+        let request = get_state_event_for_key::v3::Request::new(
+            room_id.to_owned(),
+            StateEventType::RoomMember,
+            member.as_str().to_owned(),
+        );
+        let response = self.send(request, Some(as_user)).await?;
+        let content: serde_json::Value =
+            serde_json::from_str(response.event_or_content.get()).map_err(|e| MatrixError::Response(e.to_string()))?;
+        Ok(content["displayname"].as_str().map(str::to_owned))
+    }
+
+    /// A state event's content as JSON, or `None` when the room has no such state.
+    pub async fn state_content(
+        &self,
+        room_id: &RoomId,
+        event_type: StateEventType,
+        state_key: &str,
+        as_user: &UserId,
+    ) -> Result<Option<serde_json::Value>, MatrixError> {
+        let request = get_state_event_for_key::v3::Request::new(room_id.to_owned(), event_type, state_key.to_owned());
+        match self.send(request, Some(as_user)).await {
+            Ok(response) => serde_json::from_str(response.event_or_content.get())
+                .map(Some)
+                .map_err(|e| MatrixError::Response(e.to_string())),
+            Err(error) if matches!(error.kind(), Some(ErrorKind::NotFound)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn joined_rooms(&self, as_user: &UserId) -> Result<Vec<OwnedRoomId>, MatrixError> {
+        Ok(self
+            .send(joined_rooms::v3::Request::new(), Some(as_user))
+            .await?
+            .joined_rooms)
+    }
+
+    pub async fn joined_member_count(&self, room_id: &RoomId, as_user: &UserId) -> Result<usize, MatrixError> {
+        let request = joined_members::v3::Request::new(room_id.to_owned());
+        Ok(self.send(request, Some(as_user)).await?.joined.len())
+    }
+
+    /// The room's latest events, newest first, as JSON.
+    pub async fn recent_events(
+        &self,
+        room_id: &RoomId,
+        limit: u32,
+        as_user: &UserId,
+    ) -> Result<Vec<serde_json::Value>, MatrixError> {
+        let mut request = get_message_events::v3::Request::backward(room_id.to_owned());
+        request.limit = limit.into();
+        let response = self.send(request, Some(as_user)).await?;
+        Ok(response
+            .chunk
+            .iter()
+            .filter_map(|event| serde_json::from_str(event.json().get()).ok())
+            .collect())
     }
 
     /// Asks the homeserver to call our `/ping`, proving the link works both ways.

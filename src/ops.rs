@@ -17,6 +17,43 @@ pub fn router() -> Router<AppState> {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route(
+            "/admin/agents/{agent_id}/import-history",
+            axum::routing::post(import_history),
+        )
+}
+
+/// The operator's token: `admin_token` must be set, and the request must carry it.
+fn require_admin(state: &AppState, headers: &http::HeaderMap) -> Result<(), AppError> {
+    let Some(expected) = state.settings.raw.admin_token.as_ref() else {
+        return Err(AppError::NotFound(
+            "the admin endpoints are off; set admin_token to enable them".into(),
+        ));
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AppError::MissingToken)?;
+    if !crate::appservice::tokens_match(given, expected.expose()) {
+        return Err(AppError::Forbidden);
+    }
+    Ok(())
+}
+
+/// Imports an agent's Letta history into its room again (what is there already is skipped).
+async fn import_history(
+    State(state): State<AppState>,
+    axum::extract::Path(agent_id): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+) -> Result<impl IntoResponse, AppError> {
+    require_admin(&state, &headers)?;
+    if state.store.agent(&agent_id).await?.is_none() {
+        return Err(AppError::NotFound(format!("no agent {agent_id}")));
+    }
+    state.store.request_history_import(&agent_id, true).await?;
+    state.history_signal.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({"queued": agent_id}))))
 }
 
 async fn health() -> impl IntoResponse {
@@ -54,19 +91,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 /// Agents → ghosts → rooms → space, and the sync state: what an operator checks first. Off
 /// unless `admin_token` is set, because it names every user and room.
 async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
-    let Some(expected) = state.settings.raw.admin_token.as_ref() else {
-        return Err(AppError::NotFound(
-            "the status endpoint is off; set admin_token to enable it".into(),
-        ));
-    };
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AppError::MissingToken)?;
-    if !crate::appservice::tokens_match(given, expected.expose()) {
-        return Err(AppError::Forbidden);
-    }
+    require_admin(&state, &headers)?;
     let space = state.store.bridge_room("space").await?.map(|room| room.room_id);
     let mut other_rooms: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
     for (agent_id, room_id, kind) in state.store.all_agent_rooms().await? {
@@ -95,7 +120,11 @@ async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Resu
         })
         .collect();
     let sync = state.sync_state.read().expect("state lock").clone();
-    Ok(Json(json!({"space": space, "sync": sync, "agents": agents})))
+    let (pending, rooms) = state.store.inbox_backlog().await?;
+    let relay = json!({"pending_events": pending, "rooms_waiting": rooms});
+    Ok(Json(
+        json!({"space": space, "sync": sync, "relay": relay, "agents": agents}),
+    ))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -82,6 +82,42 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time to answer an HTTP request, by route"
     );
+    metrics::describe_gauge!(
+        "letta_matrix_relay_pending_events",
+        "Inbox events waiting for the relay (all replicas)"
+    );
+    metrics::describe_counter!(
+        "letta_matrix_relay_turns_total",
+        "Agent turns by outcome (answered, failed)"
+    );
+    metrics::describe_counter!(
+        "letta_matrix_relay_recovered_total",
+        "Turns of unknown fate whose answer was found in Letta by otid"
+    );
+    metrics::describe_histogram!(
+        "letta_matrix_relay_turn_seconds",
+        metrics::Unit::Seconds,
+        "Time of a turn, Letta included"
+    );
+    metrics::describe_histogram!(
+        "letta_matrix_relay_pickup_seconds",
+        metrics::Unit::Seconds,
+        "Transaction received to Letta asked (millisecond clock)"
+    );
+    metrics::describe_histogram!(
+        "letta_matrix_relay_finish_seconds",
+        metrics::Unit::Seconds,
+        "Letta's last token to the final Matrix send"
+    );
+    metrics::describe_counter!(
+        "letta_matrix_history_imported_total",
+        "History messages imported into rooms"
+    );
+    metrics::describe_histogram!(
+        "letta_matrix_history_import_seconds",
+        metrics::Unit::Seconds,
+        "Time of one agent's history import"
+    );
 }
 
 /// Histograms are drained on render; without a scrape they would only grow.

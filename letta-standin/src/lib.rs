@@ -4,9 +4,12 @@
 //! Agents can be created, renamed and deleted between test steps, failures injected, and every
 //! request is counted so tests can assert what the bridge asked for.
 
+mod messages;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -34,19 +37,47 @@ struct World {
     failing: Option<u16>,
     token: Option<String>,
     clock: u64,
+    chats: messages::Chats,
 }
 
 impl World {
+    /// The current time as Letta writes dates, strictly increasing (a real Letta's dates are real:
+    /// the bridge's history import tells old conversation from new by them).
     fn tick(&mut self) -> String {
-        self.clock += 1;
-        let micros = self.clock;
-        format!(
-            "2026-11-24T04:{:02}:{:02}.{:06}Z",
-            (micros / 60) % 60,
-            micros % 60,
-            micros
-        )
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        self.clock = now.max(self.clock + 1);
+        rfc3339_micros(self.clock)
     }
+}
+
+/// Microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (civil-from-days, proleptic
+/// Gregorian), so the stand-in needs no date crate.
+fn rfc3339_micros(micros: u64) -> String {
+    let seconds = micros / 1_000_000;
+    let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        of_day / 3600,
+        (of_day / 60) % 60,
+        of_day % 60,
+        micros % 1_000_000
+    )
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -129,6 +160,49 @@ impl LettaStandin {
         self.world().failing = status;
     }
 
+    /// Queues the text the agent answers its next turn with (instead of "You said: …").
+    pub fn script_reply(&self, agent_id: &str, text: &str) {
+        self.world().chats.script_reply(agent_id, text);
+    }
+
+    /// How long the agent thinks before its first token, and between tokens.
+    pub fn set_latency(&self, agent_id: &str, first_token: Duration, per_token: Duration) {
+        self.world().chats.set_latency(agent_id, first_token, per_token);
+    }
+
+    /// The latency of every agent without one of its own.
+    pub fn set_default_latency(&self, first_token: Duration, per_token: Duration) {
+        self.world().chats.set_default_latency(first_token, per_token);
+    }
+
+    /// How many characters one streamed token carries (8 unless set).
+    pub fn set_chunk_chars(&self, chars: usize) {
+        self.world().chats.set_chunk_chars(chars);
+    }
+
+    /// The agent's message history, oldest first.
+    pub fn messages(&self, agent_id: &str) -> Vec<Value> {
+        self.world().chats.messages(agent_id)
+    }
+
+    /// The user messages the agent was sent, oldest first.
+    pub fn user_messages(&self, agent_id: &str) -> Vec<Value> {
+        self.messages(agent_id)
+            .into_iter()
+            .filter(|m| m["message_type"] == "user_message")
+            .collect()
+    }
+
+    /// The most turns this agent ever ran at once.
+    pub fn max_concurrent(&self, agent_id: &str) -> usize {
+        self.world().chats.max_concurrent(agent_id)
+    }
+
+    /// Appends to the agent's history directly: a conversation from before the bridge.
+    pub fn add_history(&self, agent_id: &str, role: &str, text: &str, date: &str) {
+        messages::add_history(&mut self.world(), agent_id, role, text, date);
+    }
+
     pub fn stop(self) {
         self.server.abort();
     }
@@ -209,6 +283,10 @@ fn router(world: Shared) -> Router {
         .route(
             "/v1/agents/{agent_id}",
             get(get_agent).patch(update_agent).delete(delete_agent),
+        )
+        .route(
+            "/v1/agents/{agent_id}/messages",
+            get(messages::list).post(messages::send),
         )
         .layer(axum::middleware::from_fn_with_state(world.clone(), count_and_gate))
         .with_state(world)
@@ -310,6 +388,13 @@ async fn delete_agent(State(world): State<Shared>, Path(agent_id): Path<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(1_795_000_000_123_456), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(rfc3339_micros(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+    }
 
     #[test]
     fn ids_look_like_letta_ids() {

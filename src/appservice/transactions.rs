@@ -50,7 +50,7 @@ pub async fn push_events(
         TransactionOutcome::Stored { events: stored } => {
             metrics::counter!("letta_matrix_events_stored_total").increment(stored);
             if stored > 0 {
-                state.inbox_signal.notify_waiters();
+                state.inbox_signal.notify_one();
             }
             tracing::debug!(txn_id = %transaction.txn_id, received = transaction.events.len(), stored, "transaction stored");
         }
@@ -124,6 +124,9 @@ pub fn classify(raw: &Raw<AnyTimelineEvent>, namespace: &Namespace) -> Option<Ne
             InboxEvent::Message
         }
         "m.room.redaction" if !from_us => InboxEvent::Redaction,
+        crate::relay::ROOM_SETTINGS_EVENT if !from_us && envelope.state_key.as_deref() == Some("") => {
+            InboxEvent::Settings
+        }
         "m.room.member" => {
             let target = envelope
                 .state_key

@@ -175,6 +175,37 @@ impl Store {
         Ok(rooms)
     }
 
+    /// The agents that listen in a room, with how they came to be there: `own` (the agent's own
+    /// room), `direct` or `group`. Deleted agents are left out.
+    pub async fn agents_in_room(&self, room_id: &str) -> Result<Vec<(AgentRecord, String)>, StoreError> {
+        let own: Vec<AgentRecord> =
+            sqlx::query_as(&format!("{SELECT_AGENT} WHERE room_id = $1 AND deleted_at IS NULL"))
+                .bind(room_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let joined: Vec<AgentRecord> = sqlx::query_as(&format!(
+            "{SELECT_AGENT} WHERE deleted_at IS NULL AND agent_id IN \
+             (SELECT agent_id FROM agent_rooms WHERE room_id = $1 AND left_at IS NULL) ORDER BY agent_id"
+        ))
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut agents: Vec<(AgentRecord, String)> = own.into_iter().map(|a| (a, "own".to_owned())).collect();
+        for agent in joined {
+            if agents.iter().any(|(a, _)| a.agent_id == agent.agent_id) {
+                continue;
+            }
+            let (kind,): (String,) =
+                sqlx::query_as("SELECT kind FROM agent_rooms WHERE room_id = $1 AND agent_id = $2")
+                    .bind(room_id)
+                    .bind(&agent.agent_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            agents.push((agent, kind));
+        }
+        Ok(agents)
+    }
+
     pub async fn bridge_room(&self, name: &str) -> Result<Option<BridgeRoom>, StoreError> {
         let room = sqlx::query_as("SELECT name, room_id FROM bridge_rooms WHERE name = $1")
             .bind(name)

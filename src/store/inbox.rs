@@ -16,6 +16,8 @@ pub enum InboxEvent {
     Membership,
     /// A redaction, so the relay can stop or retract work on the redacted event.
     Redaction,
+    /// A change of the room's `org.lettamatrix.settings` state.
+    Settings,
 }
 
 impl InboxEvent {
@@ -24,11 +26,12 @@ impl InboxEvent {
             Self::Message => "message",
             Self::Membership => "membership",
             Self::Redaction => "redaction",
+            Self::Settings => "settings",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Message, Self::Membership, Self::Redaction]
+        [Self::Message, Self::Membership, Self::Redaction, Self::Settings]
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }
@@ -78,6 +81,7 @@ pub struct InboxRow {
     pub kind: String,
     pub event_json: String,
     pub txn_id: String,
+    pub received_at: i64,
     pub state: String,
     pub attempts: i32,
 }
@@ -133,8 +137,7 @@ fn multi_row_insert(rows: usize) -> String {
     sql
 }
 
-const SELECT_ROW: &str =
-    "SELECT id, event_id, room_id, sender, event_type, kind, event_json, txn_id, state, attempts FROM inbox";
+const SELECT_ROW: &str = "SELECT id, event_id, room_id, sender, event_type, kind, event_json, txn_id, received_at, state, attempts FROM inbox";
 
 impl Store {
     /// A room's lane, oldest first.
@@ -180,6 +183,14 @@ impl Store {
         Ok(())
     }
 
+    /// Every row, whatever its state: what was ever accepted.
+    pub async fn inbox_size(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+
     pub async fn inbox_count(&self, state: InboxState) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox WHERE state = $1")
             .bind(state.as_str())
@@ -205,7 +216,12 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for kind in [InboxEvent::Message, InboxEvent::Membership, InboxEvent::Redaction] {
+        for kind in [
+            InboxEvent::Message,
+            InboxEvent::Membership,
+            InboxEvent::Redaction,
+            InboxEvent::Settings,
+        ] {
             assert_eq!(InboxEvent::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(InboxEvent::parse("other"), None);

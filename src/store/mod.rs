@@ -7,8 +7,10 @@
 //! every query on both real engines instead, which checks more than either one could.
 
 mod agents;
+mod history;
 mod inbox;
 mod leader;
+mod relay;
 mod transactions;
 
 use std::str::FromStr;
@@ -18,8 +20,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use agents::{AgentRecord, BridgeRoom};
+pub use history::HistoryImport;
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
 pub use leader::Leadership;
+pub use relay::{RoomSettings, SentMessage, TurnRecord};
 pub use transactions::TransactionOutcome;
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -1,11 +1,10 @@
 //! The sync reconciler: turns Letta's agent list into ghost users, agent rooms and the space,
-//! and follows renames and deletions. It runs on start, on an interval and when woken; with
-//! PostgreSQL, only on the replica that holds the leadership lock.
+//! and follows renames and deletions. It runs on start and on an interval; with PostgreSQL, only
+//! on the replica that holds the leadership lock.
 //!
 //! Every step is idempotent, so a crash anywhere is finished by the next pass: a ghost that
 //! exists is success, an agent room is found again by its alias rather than created twice.
 
-mod invites;
 mod provision;
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use crate::app::AppState;
 use crate::config::Settings;
@@ -22,6 +20,9 @@ use crate::letta::{Agent, LettaClient, LettaError};
 use crate::matrix::{MatrixClient, MatrixError};
 use crate::namespace::Namespace;
 use crate::store::{AgentRecord, Leadership, Store, StoreError, now_ms};
+
+/// Management rooms are named `management:<admin user id>` in `bridge_rooms`.
+pub const MANAGEMENT_PREFIX: &str = "management:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -89,35 +90,23 @@ impl Reconciler {
         }
     }
 
-    /// Runs a pass every interval (the first at once), and handles invites to agents at every
-    /// tick and whenever `wake` says the inbox has new rows.
-    pub fn spawn(self, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    /// Runs a pass every interval (the first at once) and whenever `wake` is notified (an
+    /// operator's `sync` command).
+    pub fn spawn(self, wake: Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_millis(self.settings.raw.sync_interval_ms));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut leadership: Option<Leadership> = None;
             loop {
-                // A tick compares Letta with Matrix; new inbox rows only need their invites handled,
-                // so a busy room does not cost a Letta call per message.
-                let tick = tokio::select! {
-                    _ = ticks.tick() => true,
-                    _ = wake.notified() => false,
-                };
-                // Leadership is checked (and sought) on ticks only: a follower woken by every
-                // transaction must not open a database session each time.
-                let leading = if tick {
-                    self.keep_or_take_leadership(&mut leadership).await
-                } else {
-                    leadership.is_some()
-                };
-                if !leading {
-                    continue;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = wake.notified() => *self.known.lock().await = None,
                 }
-                if tick {
+                if self.keep_or_take_leadership(&mut leadership).await {
+                    if let Err(error) = self.ensure_management_rooms().await {
+                        tracing::warn!(%error, "cannot set up the admins' management rooms");
+                    }
                     self.run_pass().await;
-                }
-                if let Err(error) = self.accept_invites().await {
-                    tracing::warn!(%error, "cannot handle invites to agents");
                 }
             }
         })

@@ -14,7 +14,7 @@ use ruma::room::RoomType;
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomAliasId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
 
-use super::{Reconciler, SyncError};
+use super::{MANAGEMENT_PREFIX, Reconciler, SyncError};
 use crate::letta::Agent;
 use crate::store::AgentRecord;
 
@@ -46,6 +46,31 @@ impl Reconciler {
         let recorded = self.store.set_bridge_room(SPACE, space.as_str()).await?;
         tracing::info!(space = recorded.room_id, "created the agents space");
         parse_room_id(&recorded.room_id)
+    }
+
+    /// Gives every configured admin a management room: a direct chat with the bot that takes
+    /// commands. Made once per admin; a room that exists is kept.
+    pub(super) async fn ensure_management_rooms(&self) -> Result<(), SyncError> {
+        for admin in &self.settings.admins {
+            let name = format!("{MANAGEMENT_PREFIX}{admin}");
+            if self.store.bridge_room(&name).await?.is_some() {
+                continue;
+            }
+            let mut request = CreateRoomRequest::new();
+            request.name = Some("letta-matrix management".into());
+            request.topic = Some("Commands for the Letta bridge; say `help`".into());
+            request.preset = Some(RoomPreset::TrustedPrivateChat);
+            request.is_direct = true;
+            request.invite = vec![admin.clone()];
+            let room = self.matrix.create_room(request, Some(self.namespace.bot())).await?;
+            self.store.set_bridge_room(&name, room.as_str()).await?;
+            let welcome =
+                RoomMessageEventContent::notice_plain("Hello! I run the Letta bridge. Say `help` for what I can do.");
+            let txn = OwnedTransactionId::from(format!("management-welcome-{}", room.as_str()));
+            self.matrix.send_message(&room, txn, &welcome, None).await?;
+            tracing::info!(%admin, %room, "created a management room");
+        }
+        Ok(())
     }
 
     /// Brings one agent fully into Matrix; every step may be repeated safely.
@@ -88,6 +113,10 @@ impl Reconciler {
         self.matrix.join(room_id.clone().into(), self.namespace.bot()).await?;
         let child = SpaceChildEventContent::new(vec![self.settings.server_name.clone()]);
         self.matrix.send_state(space, room_id.as_str(), &child, None).await?;
+        // The room's past comes from Letta once; a request that exists already stands.
+        if self.settings.raw.history_import_limit > 0 {
+            self.store.request_history_import(&agent.id, false).await?;
+        }
         self.store
             .mark_agent_synced(&agent.id, &agent.name, agent.description.as_deref())
             .await?;

@@ -2,6 +2,8 @@
 //! connection failures, clear errors on 401 and 404. Unknown response fields are ignored: Letta
 //! adds fields between versions.
 
+mod messages;
+
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,6 +12,8 @@ use url::Url;
 
 use crate::config::Secret;
 use crate::outbound::RetryPolicy;
+
+pub use messages::{EventStream, LettaMessage, MessageCreate, StreamEvent, find_turn};
 
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
@@ -26,6 +30,9 @@ pub enum LettaError {
     Unauthorized { status: u16 },
     #[error("Letta has no {what}")]
     NotFound { what: String },
+    /// Some Letta versions refuse a second request to an agent that is still working.
+    #[error("the agent is busy with another request")]
+    Busy,
     #[error("Letta answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
     #[error("Letta sent a response we cannot read: {0}")]
@@ -33,9 +40,22 @@ pub enum LettaError {
 }
 
 impl LettaError {
-    fn is_retryable(&self) -> bool {
+    fn from_status(status: u16, body: &str, what: &str) -> Self {
+        match status {
+            401 | 403 => Self::Unauthorized { status },
+            404 => Self::NotFound { what: what.to_owned() },
+            409 | 423 => Self::Busy,
+            _ if body.to_ascii_lowercase().contains("busy") => Self::Busy,
+            _ => Self::Status {
+                status,
+                body: body.chars().take(300).collect(),
+            },
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::Busy => true,
             Self::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -64,6 +84,8 @@ pub struct Agent {
 #[derive(Debug, Clone)]
 pub struct LettaClient {
     http: reqwest::Client,
+    /// For turns: no overall deadline, only one for silence.
+    streaming: reqwest::Client,
     base: Url,
     token: Option<Secret>,
     retry: RetryPolicy,
@@ -74,6 +96,7 @@ impl LettaClient {
         let http = crate::outbound::http_client(Duration::from_secs(30));
         Self {
             http,
+            streaming: messages::streaming_http_client(Duration::from_secs(90)),
             base,
             token,
             retry: RetryPolicy::default(),
@@ -155,21 +178,19 @@ impl LettaClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
         }
-        let unreachable = |e: reqwest::Error| LettaError::Unreachable {
-            url: self.base.to_string(),
-            message: e.to_string(),
-        };
-        let response = request.send().await.map_err(unreachable)?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(unreachable)?;
+        let body = response.text().await.map_err(|e| self.unreachable(e))?;
         match status {
             200..=299 => serde_json::from_str(&body).map_err(|e| LettaError::Decode(format!("{what}: {e}"))),
-            401 | 403 => Err(LettaError::Unauthorized { status }),
-            404 => Err(LettaError::NotFound { what: what.to_owned() }),
-            _ => Err(LettaError::Status {
-                status,
-                body: body.chars().take(300).collect(),
-            }),
+            _ => Err(LettaError::from_status(status, &body, what)),
+        }
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> LettaError {
+        LettaError::Unreachable {
+            url: self.base.to_string(),
+            message: error.to_string(),
         }
     }
 }
@@ -180,7 +201,7 @@ mod tests {
 
     #[test]
     fn captured_agent_list_parses_and_ignores_unknown_fields() {
-        let captured = include_str!("../letta-standin/fixtures/agents_list.json");
+        let captured = include_str!("../../letta-standin/fixtures/agents_list.json");
         let agents: Vec<Agent> = serde_json::from_str(captured).unwrap();
         assert_eq!(agents.len(), 1);
         assert!(agents[0].id.starts_with("agent-"));

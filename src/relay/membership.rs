@@ -1,19 +1,18 @@
-//! People invite agents into DMs and group rooms: the ghost accepts, and the room is recorded as
-//! one of the agent's rooms. Leaves and kicks are recorded too.
+//! People invite agents into DMs and group rooms: the ghost accepts, and the room becomes one of
+//! the agent's rooms. Leaves and kicks are recorded too. These rows go through the room's lane
+//! like messages, so a message sent right after an invite finds the agent already there.
 
 use ruma::events::room::member::MembershipState;
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 
-use super::{Reconciler, SyncError};
-use crate::store::{InboxEvent, InboxRow, InboxState};
-
-/// How many membership rows one pass takes on.
-const BATCH: i64 = 100;
+use super::{Relay, RelayError};
+use crate::store::InboxRow;
 
 #[derive(Deserialize)]
 struct MembershipEvent {
     room_id: OwnedRoomId,
+    sender: OwnedUserId,
     state_key: OwnedUserId,
     content: MembershipContent,
 }
@@ -25,27 +24,10 @@ struct MembershipContent {
     is_direct: bool,
 }
 
-impl Reconciler {
-    /// Handles pending membership rows of our users; returns how many were handled.
-    pub async fn accept_invites(&self) -> Result<usize, SyncError> {
-        let rows = self.store.pending_inbox(InboxEvent::Membership, BATCH).await?;
-        for row in &rows {
-            match self.handle_membership(row).await {
-                Ok(()) => self.store.finish_inbox(row.id, InboxState::Done, None).await?,
-                Err(error) => {
-                    tracing::warn!(event_id = row.event_id, room_id = row.room_id, %error, "cannot handle a membership change");
-                    self.store
-                        .finish_inbox(row.id, InboxState::Failed, Some(&error.to_string()))
-                        .await?;
-                }
-            }
-        }
-        Ok(rows.len())
-    }
-
-    async fn handle_membership(&self, row: &InboxRow) -> Result<(), SyncError> {
+impl Relay {
+    pub(super) async fn handle_membership(&self, row: &InboxRow) -> Result<(), RelayError> {
         let event: MembershipEvent =
-            serde_json::from_str(&row.event_json).map_err(|e| SyncError::Invalid(format!("membership event: {e}")))?;
+            serde_json::from_str(&row.event_json).map_err(|e| RelayError::Invalid(format!("membership event: {e}")))?;
         let target = &event.state_key;
         if self.namespace.is_bot(target) {
             if event.content.membership == MembershipState::Invite {
@@ -58,6 +40,11 @@ impl Reconciler {
             return Ok(());
         };
         let own_room = agent.room_id.as_deref() == Some(event.room_id.as_str());
+        // One of our ghosts inviting another is inter-agent delivery, which joins by itself; the
+        // room does not become one the invited agent listens in.
+        if event.content.membership == MembershipState::Invite && self.namespace.is_ours(&event.sender) {
+            return Ok(());
+        }
         match event.content.membership {
             MembershipState::Invite if agent.deleted_at.is_none() && !own_room => {
                 self.matrix.join(event.room_id.clone().into(), target).await?;

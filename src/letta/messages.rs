@@ -1,0 +1,439 @@
+//! Talking to an agent: `POST /v1/agents/{id}/messages` with token streaming (server-sent
+//! events), and the agent's message list, where a turn of unknown fate is looked up by `otid`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{LettaClient, LettaError, SDK_VERSION_HEADER};
+
+/// One input message. `name` is stored by Letta and shown to the model as the speaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageCreate {
+    pub role: &'static str,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub otid: String,
+}
+
+impl MessageCreate {
+    pub fn user(content: String, name: Option<String>, otid: String) -> Self {
+        Self {
+            role: "user",
+            content,
+            name,
+            otid,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SendRequest<'a> {
+    messages: &'a [MessageCreate],
+    streaming: bool,
+    stream_tokens: bool,
+    include_pings: bool,
+}
+
+/// What a streamed turn says, reduced to what the relay acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A piece of the agent's answer; pieces with the same `id` make one message.
+    Assistant {
+        id: String,
+        delta: String,
+    },
+    /// A piece of the agent's private reasoning.
+    Reasoning {
+        id: String,
+        delta: String,
+    },
+    /// A piece of a tool call: the name comes with the first piece, arguments accumulate.
+    ToolCall {
+        id: String,
+        name: Option<String>,
+        arguments: String,
+    },
+    ToolReturn {
+        id: String,
+        text: String,
+        ok: bool,
+    },
+    /// Why the turn ended; `end_turn` is the normal end.
+    Stop(String),
+    /// Letta failed inside the stream.
+    Error(String),
+    /// Keep-alives, usage and anything newer than this client.
+    Other,
+    /// `[DONE]`: the stream ended as it should.
+    Done,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LettaError>> + Send>>;
+
+/// A message in an agent's history.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LettaMessage {
+    pub id: String,
+    pub message_type: String,
+    #[serde(default)]
+    pub date: Option<String>,
+    #[serde(default)]
+    pub otid: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub step_id: Option<String>,
+    #[serde(default)]
+    pub content: Option<Value>,
+}
+
+impl LettaMessage {
+    /// The message's text: Letta sends either a string or a list of typed parts.
+    pub fn text(&self) -> String {
+        text_of(self.content.as_ref())
+    }
+}
+
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+impl LettaClient {
+    /// Starts a token-streamed turn. An error before the first event means Letta refused or was
+    /// unreachable; the caller decides whether the turn may have happened anyway.
+    pub async fn stream_turn(&self, agent_id: &str, messages: &[MessageCreate]) -> Result<EventStream, LettaError> {
+        let body = SendRequest {
+            messages,
+            streaming: true,
+            stream_tokens: true,
+            include_pings: true,
+        };
+        let mut request = self
+            .streaming
+            .post(self.url(&format!("/v1/agents/{}/messages", encode(agent_id))))
+            .header(SDK_VERSION_HEADER.0, SDK_VERSION_HEADER.1)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = response.text().await.unwrap_or_default();
+            return Err(LettaError::from_status(status, &body, &format!("agent {agent_id}")));
+        }
+        let base = self.base.to_string();
+        let bytes = response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| LettaError::Unreachable {
+                url: base.clone(),
+                message: format!("the stream broke: {e}"),
+            })
+        });
+        Ok(Box::pin(sse_events(bytes)))
+    }
+
+    /// The agent's most recent messages (at most `limit`), oldest first.
+    pub async fn recent_messages(&self, agent_id: &str, limit: usize) -> Result<Vec<LettaMessage>, LettaError> {
+        let path = format!("/v1/agents/{}/messages?limit={limit}&order=desc", encode(agent_id));
+        let mut messages: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
+        // Letta 0.16.8 answered `order=desc` oldest first; dates say which way a page runs.
+        if messages.first().and_then(|m| m.date.as_ref()) > messages.last().and_then(|m| m.date.as_ref()) {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+}
+
+/// Messages per page when reading an agent's history.
+const HISTORY_PAGE: usize = 100;
+
+impl LettaMessage {
+    /// When Letta stored the message, in milliseconds since the epoch.
+    pub fn date_ms(&self) -> Option<i64> {
+        let date = self.date.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(date)
+            .ok()
+            .map(|d| d.timestamp_millis())
+    }
+}
+
+impl LettaClient {
+    /// The agent's latest `limit` messages that `wanted` accepts, dated no later than `cutoff_ms`,
+    /// oldest first. Pages go backwards from the newest with the `after` cursor; a server that
+    /// does not move the cursor ends the walk instead of looping.
+    pub async fn history(
+        &self,
+        agent_id: &str,
+        cutoff_ms: i64,
+        limit: usize,
+        wanted: impl Fn(&LettaMessage) -> bool,
+    ) -> Result<Vec<LettaMessage>, LettaError> {
+        let mut newest_first: Vec<LettaMessage> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        while newest_first.len() < limit {
+            let mut path = format!(
+                "/v1/agents/{}/messages?limit={HISTORY_PAGE}&order=desc",
+                encode(agent_id)
+            );
+            if let Some(cursor) = &cursor {
+                path.push_str("&after=");
+                path.push_str(&encode(cursor));
+            }
+            let mut page: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
+            if page.first().and_then(|m| m.date.as_ref()) < page.last().and_then(|m| m.date.as_ref()) {
+                page.reverse();
+            }
+            let complete = page.len() < HISTORY_PAGE;
+            cursor = page.last().map(|m| m.id.clone());
+            let mut new = 0;
+            for message in page {
+                if !seen.insert(message.id.clone()) {
+                    continue;
+                }
+                new += 1;
+                let in_time = message.date_ms().is_some_and(|at| at <= cutoff_ms);
+                if in_time && wanted(&message) && newest_first.len() < limit {
+                    newest_first.push(message);
+                }
+            }
+            if complete || new == 0 {
+                break;
+            }
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+}
+
+/// The user message Letta stored under `otid`, and the assistant messages of the same run that
+/// answered it, when Letta has them.
+pub fn find_turn<'a>(messages: &'a [LettaMessage], otid: &str) -> Option<(&'a LettaMessage, Vec<&'a LettaMessage>)> {
+    let asked = messages
+        .iter()
+        .find(|m| m.message_type == "user_message" && m.otid.as_deref() == Some(otid))?;
+    let answers = messages
+        .iter()
+        .filter(|m| m.message_type == "assistant_message" && m.run_id.is_some() && m.run_id == asked.run_id)
+        .collect();
+    Some((asked, answers))
+}
+
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+/// Splits a byte stream into server-sent events and decodes their `data:` payloads.
+fn sse_events<S>(bytes: S) -> impl Stream<Item = Result<StreamEvent, LettaError>> + Send
+where
+    S: Stream<Item = Result<bytes::Bytes, LettaError>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(
+        (bytes, Vec::<u8>::new(), false),
+        |(mut bytes, mut buffer, finished)| async move {
+            if finished {
+                return None;
+            }
+            loop {
+                if let Some(end) = event_end(&buffer) {
+                    let raw: Vec<u8> = buffer.drain(..end.0 + end.1).collect();
+                    let text = String::from_utf8_lossy(&raw[..end.0]).into_owned();
+                    let Some(event) = decode_event(&text) else {
+                        continue;
+                    };
+                    let done = matches!(event, Ok(StreamEvent::Done));
+                    return Some((event, (bytes, buffer, done)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(error)) => return Some((Err(error), (bytes, buffer, true))),
+                    None => {
+                        let error = LettaError::Unreachable {
+                            url: String::new(),
+                            message: "the stream ended before [DONE]".into(),
+                        };
+                        return Some((Err(error), (bytes, buffer, true)));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Where the first event in `buffer` ends: (length of the event, length of the separator).
+fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|at| (at, 2));
+    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|at| (at, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One event's lines to a [`StreamEvent`]; `None` for comment-only events.
+fn decode_event(text: &str) -> Option<Result<StreamEvent, LettaError>> {
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.strip_prefix(' ').unwrap_or(data))
+        .collect();
+    if data.is_empty() {
+        return None;
+    }
+    let data = data.join("\n");
+    if data.trim() == "[DONE]" {
+        return Some(Ok(StreamEvent::Done));
+    }
+    let value: Value = match serde_json::from_str(&data) {
+        Ok(value) => value,
+        Err(e) => return Some(Err(LettaError::Decode(format!("stream event: {e}")))),
+    };
+    Some(Ok(event_from_json(&value)))
+}
+
+fn event_from_json(value: &Value) -> StreamEvent {
+    let id = || value["id"].as_str().unwrap_or_default().to_owned();
+    let string = |field: &str| value[field].as_str().unwrap_or_default().to_owned();
+    if let Some(error) = value.get("error") {
+        let message = error["message"]
+            .as_str()
+            .or(error["detail"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| error.to_string());
+        return StreamEvent::Error(message);
+    }
+    match value["message_type"].as_str().unwrap_or_default() {
+        "assistant_message" => StreamEvent::Assistant {
+            id: id(),
+            delta: text_of(value.get("content")),
+        },
+        "reasoning_message" => StreamEvent::Reasoning {
+            id: id(),
+            delta: string("reasoning"),
+        },
+        "tool_call_message" | "approval_request_message" => {
+            let call = &value["tool_call"];
+            StreamEvent::ToolCall {
+                id: id(),
+                name: call["name"].as_str().map(str::to_owned),
+                arguments: call["arguments"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        "tool_return_message" => StreamEvent::ToolReturn {
+            id: id(),
+            text: string("tool_return"),
+            ok: value["status"].as_str() != Some("error"),
+        },
+        "stop_reason" => StreamEvent::Stop(string("stop_reason")),
+        "error_message" => StreamEvent::Error(
+            value["message"]
+                .as_str()
+                .or(value["detail"].as_str())
+                .unwrap_or("unknown error")
+                .to_owned(),
+        ),
+        _ => StreamEvent::Other,
+    }
+}
+
+/// A client for streams: no deadline for the whole response (a turn may take minutes), but one
+/// for silence, since Letta sends keep-alive pings about every 20 s.
+pub(super) fn streaming_http_client(idle: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(idle)
+        .user_agent(concat!("letta-matrix/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a TLS backend is compiled in")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn decode_all(text: &'static str, chunk: usize) -> Vec<Result<StreamEvent, String>> {
+        let pieces: Vec<Result<bytes::Bytes, LettaError>> = text
+            .as_bytes()
+            .chunks(chunk)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        sse_events(futures::stream::iter(pieces))
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn captured_token_stream_decodes_whatever_the_chunking() {
+        let captured = include_str!("../../letta-standin/fixtures/stream_tokens.sse");
+        for chunk in [1, 7, 64, 100_000] {
+            let events = decode_all(captured, chunk).await;
+            let text: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    Ok(StreamEvent::Assistant { delta, .. }) => Some(delta.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(text, "You said: Stream me a reply please", "chunk {chunk}");
+            assert_eq!(events.first(), Some(&Ok(StreamEvent::Other)), "a ping comes first");
+            assert!(events.contains(&Ok(StreamEvent::Stop("end_turn".into()))));
+            assert_eq!(events.last(), Some(&Ok(StreamEvent::Done)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_is_an_error_not_an_end() {
+        let events = decode_all(
+            "data: {\"message_type\":\"assistant_message\",\"id\":\"m\",\"content\":\"Hi\"}\n\n",
+            5,
+        )
+        .await;
+        assert_eq!(
+            events[0],
+            Ok(StreamEvent::Assistant {
+                id: "m".into(),
+                delta: "Hi".into()
+            })
+        );
+        assert!(events[1].as_ref().unwrap_err().contains("before [DONE]"));
+    }
+
+    #[tokio::test]
+    async fn errors_inside_the_stream_are_events() {
+        let events = decode_all(
+            "event: error\r\ndata: {\"error\":{\"message\":\"LLM down\"}}\r\n\r\n",
+            3,
+        )
+        .await;
+        assert_eq!(events[0], Ok(StreamEvent::Error("LLM down".into())));
+    }
+
+    #[test]
+    fn a_turn_is_found_by_otid_with_the_answers_of_its_run() {
+        let captured = include_str!("../../letta-standin/fixtures/messages_list.json");
+        let messages: Vec<LettaMessage> = serde_json::from_str(captured).unwrap();
+        let (asked, answers) = find_turn(&messages, "otid-evt-1").unwrap();
+        assert_eq!(asked.text(), "Hello from Matrix");
+        assert_eq!(asked.name.as_deref(), Some("alice"));
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].text(), "You said: Hello from Matrix");
+        assert!(find_turn(&messages, "never-sent").is_none());
+    }
+}

@@ -1,0 +1,227 @@
+//! What the ghost posts: Markdown rendered to sanitised HTML, replies and threads, streaming edits,
+//! notices, and reasoning folded away in `<details>`.
+
+use std::sync::LazyLock;
+
+use ruma::events::relation::Thread;
+use ruma::events::room::message::{
+    AddMentions, ForwardThread, ReplacementMetadata, ReplyMetadata, ReplyWithinThread, RoomMessageEventContent,
+};
+use ruma::{OwnedEventId, OwnedUserId};
+
+/// Where an answer goes: as a reply to the person's message, inside its thread, or plainly.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub reply_to: Option<(OwnedEventId, OwnedUserId)>,
+    /// The thread root and the latest event the person saw in it.
+    pub thread: Option<(OwnedEventId, OwnedEventId)>,
+}
+
+/// The tags and attributes the Matrix spec suggests clients accept in `formatted_body`.
+static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
+    let mut builder = ammonia::Builder::empty();
+    builder
+        .add_tags([
+            "font",
+            "del",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "blockquote",
+            "p",
+            "a",
+            "ul",
+            "ol",
+            "sup",
+            "sub",
+            "li",
+            "b",
+            "i",
+            "u",
+            "strong",
+            "em",
+            "s",
+            "code",
+            "hr",
+            "br",
+            "div",
+            "table",
+            "thead",
+            "tbody",
+            "tr",
+            "th",
+            "td",
+            "caption",
+            "pre",
+            "span",
+            "details",
+            "summary",
+        ])
+        .add_tag_attributes("a", ["href"])
+        .add_tag_attributes("ol", ["start"])
+        .add_tag_attributes("code", ["class"])
+        .url_schemes(["https", "http", "ftp", "mailto", "magnet", "matrix"].into())
+        .link_rel(Some("noopener"));
+    builder
+});
+
+/// Markdown to (plain body, HTML when the Markdown had any formatting).
+pub fn render_markdown(text: &str) -> (String, Option<String>) {
+    let mut options = pulldown_cmark::Options::empty();
+    options.insert(pulldown_cmark::Options::ENABLE_STRIKETHROUGH);
+    options.insert(pulldown_cmark::Options::ENABLE_TABLES);
+    let parser = pulldown_cmark::Parser::new_ext(text, options);
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, parser);
+    let html = SANITIZER.clean(html.trim_end()).to_string();
+    // One plain paragraph is what every client shows for the body anyway.
+    let plain_paragraph = html
+        .strip_prefix("<p>")
+        .and_then(|rest| rest.strip_suffix("</p>"))
+        .is_some_and(|inner| !inner.contains('<') && !inner.contains('&'));
+    if plain_paragraph || html.is_empty() {
+        (text.to_owned(), None)
+    } else {
+        (text.to_owned(), Some(html))
+    }
+}
+
+pub fn text(markdown: &str) -> RoomMessageEventContent {
+    match render_markdown(markdown) {
+        (body, Some(html)) => RoomMessageEventContent::text_html(body, html),
+        (body, None) => RoomMessageEventContent::text_plain(body),
+    }
+}
+
+pub fn notice(markdown: &str) -> RoomMessageEventContent {
+    match render_markdown(markdown) {
+        (body, Some(html)) => RoomMessageEventContent::notice_html(body, html),
+        (body, None) => RoomMessageEventContent::notice_plain(body),
+    }
+}
+
+/// A notice whose details are folded away in clients that render `<details>`.
+pub fn collapsed_notice(summary: &str, details: &str) -> RoomMessageEventContent {
+    let body = format!("{summary}\n{details}");
+    let html = format!(
+        "<details><summary>{}</summary><pre><code>{}</code></pre></details>",
+        escape(summary),
+        escape(details)
+    );
+    RoomMessageEventContent::notice_html(body, html)
+}
+
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Places a new message as the answer to the person's message.
+pub fn place(content: RoomMessageEventContent, placement: &Placement) -> RoomMessageEventContent {
+    match (&placement.thread, &placement.reply_to) {
+        (Some((root, latest)), _) => {
+            let thread = Thread::plain(root.clone(), latest.clone());
+            let (event_id, sender) = placement
+                .reply_to
+                .clone()
+                .expect("a thread answer knows the message it answers");
+            content.make_for_thread(
+                ReplyMetadata::new(&event_id, &sender, Some(&thread)),
+                ReplyWithinThread::No,
+                AddMentions::No,
+            )
+        }
+        (None, Some((event_id, sender))) => content.make_reply_to(
+            ReplyMetadata::new(event_id, sender, None),
+            ForwardThread::No,
+            AddMentions::Yes,
+        ),
+        (None, None) => content,
+    }
+}
+
+/// An edit that replaces `original`'s text with `markdown`.
+pub fn replacement(markdown: &str, original: OwnedEventId) -> RoomMessageEventContent {
+    text(markdown).make_replacement(ReplacementMetadata::new(original, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_becomes_sanitised_html_and_plain_text_stays_plain() {
+        assert_eq!(render_markdown("just words"), ("just words".into(), None));
+        let (_, html) = render_markdown("Hello **Alice**, see [docs](https://x.org)");
+        assert_eq!(
+            html.unwrap(),
+            "<p>Hello <strong>Alice</strong>, see <a href=\"https://x.org\" rel=\"noopener\">docs</a></p>"
+        );
+        let (_, html) = render_markdown("*hi* <script>alert(1)</script> <img src=x onerror=y>");
+        let html = html.unwrap();
+        assert!(
+            !html.contains("script") && !html.contains("onerror") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(html.contains("<em>hi</em>"));
+        let (_, html) = render_markdown("```rust\nfn main() {}\n```");
+        assert!(html.unwrap().contains("<code class=\"language-rust\">"));
+    }
+
+    #[test]
+    fn an_edit_carries_the_new_content_and_points_at_the_original() {
+        let original: OwnedEventId = "$orig".try_into().unwrap();
+        let edit = serde_json::to_value(replacement("**done**", original)).unwrap();
+        assert_eq!(edit["m.relates_to"]["rel_type"], "m.replace");
+        assert_eq!(edit["m.relates_to"]["event_id"], "$orig");
+        assert_eq!(edit["m.new_content"]["body"], "**done**");
+        assert_eq!(edit["m.new_content"]["formatted_body"], "<p><strong>done</strong></p>");
+    }
+
+    #[test]
+    fn answers_reply_or_stay_in_their_thread() {
+        let person: OwnedUserId = "@alice:x".try_into().unwrap();
+        let asked: OwnedEventId = "$asked".try_into().unwrap();
+        let reply = serde_json::to_value(place(
+            text("hi"),
+            &Placement {
+                reply_to: Some((asked.clone(), person.clone())),
+                thread: None,
+            },
+        ))
+        .unwrap();
+        assert_eq!(reply["m.relates_to"]["m.in_reply_to"]["event_id"], "$asked");
+        let threaded = serde_json::to_value(place(
+            text("hi"),
+            &Placement {
+                reply_to: Some((asked, person)),
+                thread: Some(("$root".try_into().unwrap(), "$latest".try_into().unwrap())),
+            },
+        ))
+        .unwrap();
+        assert_eq!(threaded["m.relates_to"]["rel_type"], "m.thread");
+        assert_eq!(threaded["m.relates_to"]["event_id"], "$root");
+    }
+
+    #[test]
+    fn reasoning_is_folded_and_escaped() {
+        let notice = serde_json::to_value(collapsed_notice("Reasoning", "a < b")).unwrap();
+        assert_eq!(notice["msgtype"], "m.notice");
+        assert_eq!(
+            notice["formatted_body"],
+            "<details><summary>Reasoning</summary><pre><code>a &lt; b</code></pre></details>"
+        );
+    }
+}

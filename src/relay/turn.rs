@@ -1,0 +1,364 @@
+//! One turn: a message (with any context it carries) goes to one agent, and the streamed answer
+//! comes back into the room as the agent's ghost.
+//!
+//! The turn is recorded before Letta is asked. Letta does not deduplicate by `otid`, so when a
+//! turn's fate is unknown (a crash, a broken stream, a 5xx after the request left) its `otid` is
+//! looked up in the agent's messages first, and the answer found there is posted instead of
+//! asking again.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ruma::{OwnedRoomId, OwnedUserId};
+
+use super::reply::{self, Placement};
+use super::writer::ReplyWriter;
+use super::{Relay, RelayError};
+use crate::letta::{LettaError, MessageCreate, StreamEvent, find_turn};
+use crate::outbound::RetryPolicy;
+use crate::store::{AgentRecord, InboxRow, now_ms};
+
+/// How many of the agent's latest messages are searched for a turn of unknown fate.
+const LOOKUP_WINDOW: usize = 100;
+/// How long to wait for Letta to finish a turn it has started but not answered yet.
+const UNFINISHED_TURN_WAIT: Duration = Duration::from_secs(60);
+/// Typing notices last this long and are renewed before they run out.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) struct TurnRequest<'a> {
+    pub row: &'a InboxRow,
+    pub agent: &'a AgentRecord,
+    pub ghost: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub inputs: Vec<MessageCreate>,
+    pub placement: Placement,
+    pub show_reasoning: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum TurnOutcome {
+    /// With the answer's text (empty when the agent chose not to say anything).
+    Answered(String),
+    /// The person was told why; the message is not retried.
+    Failed(String),
+}
+
+/// How one attempt at asking ended.
+enum Attempt {
+    Finished {
+        stop_reason: Option<String>,
+        error: Option<String>,
+    },
+    /// The request may or may not have reached the agent: look before asking again.
+    Unknown(LettaError),
+    /// Letta refused before doing anything; asking again later may work.
+    NotDone(LettaError),
+}
+
+impl Relay {
+    pub(super) async fn run_turn(&self, turn: TurnRequest<'_>) -> Result<TurnOutcome, RelayError> {
+        let row = turn.row;
+        let agent_id = turn.agent.agent_id.as_str();
+        let otid = turn.inputs.last().expect("a turn has a message").otid.clone();
+        let existing = self.store.turn(&row.event_id, agent_id).await?;
+        if existing.as_ref().is_some_and(|t| t.state != "asked") {
+            return Ok(TurnOutcome::Answered(String::new()));
+        }
+        let mut fate_unknown = existing.is_some();
+        // The receipt is for people; Letta need not wait for it.
+        if let Ok(event_id) = ruma::OwnedEventId::try_from(row.event_id.as_str()) {
+            let (matrix, room_id, ghost) = (self.matrix.clone(), turn.room_id.clone(), turn.ghost.clone());
+            tokio::spawn(async move {
+                if let Err(error) = matrix.read_receipt(&room_id, &event_id, &ghost).await {
+                    tracing::debug!(%error, "cannot send a read receipt");
+                }
+            });
+        }
+        let typing = self.show_typing(turn.room_id.clone(), turn.ghost.clone());
+        let mut writer = ReplyWriter::new(
+            self,
+            turn.room_id.clone(),
+            turn.ghost.clone(),
+            agent_id,
+            &row.event_id,
+            turn.placement.clone(),
+        );
+        writer.show_reasoning = turn.show_reasoning;
+
+        let started = Instant::now();
+        let backoff = RetryPolicy {
+            attempts: u32::MAX,
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        };
+        let mut attempt = 0;
+        let mut told_of_delay = false;
+        let outcome = loop {
+            if fate_unknown {
+                match self.recover(&mut writer, agent_id, &otid, started).await {
+                    Ok(Some(outcome)) => break outcome,
+                    Ok(None) => {}
+                    Err(RelayError::Letta(error)) if error.is_retryable() => {
+                        attempt += 1;
+                        if let Some(outcome) = self
+                            .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                            .await?
+                        {
+                            break outcome;
+                        }
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            self.store.begin_turn(row, agent_id, &otid).await?;
+            match self.ask(&mut writer, agent_id, &turn.inputs, row).await? {
+                Attempt::Finished { stop_reason, error } => {
+                    break self.close_turn(&mut writer, stop_reason, error).await?;
+                }
+                Attempt::Unknown(error) | Attempt::NotDone(error) if !error.is_retryable() => {
+                    let message = describe_refusal(&error);
+                    self.post_notice(&writer, "refused", &message).await?;
+                    break TurnOutcome::Failed(error.to_string());
+                }
+                Attempt::Unknown(error) => {
+                    fate_unknown = true;
+                    attempt += 1;
+                    if let Some(outcome) = self
+                        .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                        .await?
+                    {
+                        break outcome;
+                    }
+                }
+                Attempt::NotDone(error) => {
+                    attempt += 1;
+                    if let Some(outcome) = self
+                        .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                        .await?
+                    {
+                        break outcome;
+                    }
+                }
+            }
+        };
+        typing.abort();
+        if let Err(error) = self.matrix.typing(&turn.room_id, &turn.ghost, None).await {
+            tracing::debug!(%error, "cannot clear the typing notice");
+        }
+        let state = match &outcome {
+            TurnOutcome::Answered(_) => "answered",
+            TurnOutcome::Failed(_) => "failed",
+        };
+        self.store.finish_turn(&row.event_id, agent_id, state).await?;
+        metrics::counter!("letta_matrix_relay_turns_total", "outcome" => state).increment(1);
+        metrics::histogram!("letta_matrix_relay_turn_seconds").record(started.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+
+    /// Asks once and streams the answer into the room.
+    async fn ask(
+        &self,
+        writer: &mut ReplyWriter<'_>,
+        agent_id: &str,
+        inputs: &[MessageCreate],
+        row: &InboxRow,
+    ) -> Result<Attempt, RelayError> {
+        metrics::histogram!("letta_matrix_relay_pickup_seconds")
+            .record((now_ms() - row.received_at).max(0) as f64 / 1000.0);
+        let mut stream = match self.letta.stream_turn(agent_id, inputs).await {
+            Ok(stream) => stream,
+            // Refused outright (4xx, busy): nothing happened. Anything else may have.
+            Err(error @ (LettaError::Busy | LettaError::Unauthorized { .. } | LettaError::NotFound { .. })) => {
+                return Ok(Attempt::NotDone(error));
+            }
+            Err(error @ LettaError::Status { status, .. }) if status < 500 && status != 429 => {
+                return Ok(Attempt::NotDone(error));
+            }
+            Err(error) => return Ok(Attempt::Unknown(error)),
+        };
+        let edit_interval = Duration::from_millis(self.settings.raw.relay_edit_interval_ms);
+        let mut stop_reason = None;
+        let mut error = None;
+        loop {
+            let next = match writer.next_flush(edit_interval) {
+                Some(at) => tokio::select! {
+                    biased;
+                    event = stream.next() => Some(event),
+                    _ = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => Some(stream.next().await),
+            };
+            let event = match next {
+                None => {
+                    writer.flush_latest().await?;
+                    continue;
+                }
+                Some(None) => break,
+                Some(Some(Err(error))) => return Ok(Attempt::Unknown(error)),
+                Some(Some(Ok(event))) => event,
+            };
+            match event {
+                StreamEvent::Assistant { id, delta } => writer.push_answer(&id, &delta).await?,
+                StreamEvent::Reasoning { id, delta } => writer.push_aside(&id, "Reasoning", &delta).await?,
+                StreamEvent::ToolCall { id, name, arguments } => {
+                    let summary = format!("Tool call: {}", name.as_deref().unwrap_or("tool"));
+                    writer.push_aside(&id, &summary, &arguments).await?;
+                }
+                StreamEvent::ToolReturn { id, text, ok } => {
+                    let summary = if ok { "Tool result" } else { "Tool error" };
+                    writer.push_aside(&id, summary, &text).await?;
+                }
+                StreamEvent::Stop(reason) => stop_reason = Some(reason),
+                StreamEvent::Error(message) => error = Some(message),
+                StreamEvent::Other => {}
+                StreamEvent::Done => break,
+            }
+        }
+        Ok(Attempt::Finished { stop_reason, error })
+    }
+
+    /// Looks a turn of unknown fate up in Letta. `Ok(None)`: Letta never got it; ask.
+    async fn recover(
+        &self,
+        writer: &mut ReplyWriter<'_>,
+        agent_id: &str,
+        otid: &str,
+        started: Instant,
+    ) -> Result<Option<TurnOutcome>, RelayError> {
+        loop {
+            let messages = self.letta.recent_messages(agent_id, LOOKUP_WINDOW).await?;
+            let Some((_, answers)) = find_turn(&messages, otid) else {
+                tracing::info!(agent_id, otid, "Letta never received this message; asking now");
+                return Ok(None);
+            };
+            if !answers.is_empty() {
+                tracing::info!(
+                    agent_id,
+                    otid,
+                    parts = answers.len(),
+                    "Letta had answered already; posting that answer"
+                );
+                metrics::counter!("letta_matrix_relay_recovered_total").increment(1);
+                for answer in answers {
+                    writer.push_answer(&answer.id, &answer.text()).await?;
+                }
+                writer.finish().await?;
+                return Ok(Some(TurnOutcome::Answered(writer.answer_text())));
+            }
+            if started.elapsed() > UNFINISHED_TURN_WAIT {
+                let message = "I received this message but my answer to it was lost. Please ask again.";
+                self.post_notice(writer, "lost", message).await?;
+                return Ok(Some(TurnOutcome::Failed("Letta kept the message but no answer".into())));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn close_turn(
+        &self,
+        writer: &mut ReplyWriter<'_>,
+        stop_reason: Option<String>,
+        error: Option<String>,
+    ) -> Result<TurnOutcome, RelayError> {
+        writer.finish().await?;
+        if let Some(error) = error {
+            self.post_notice(writer, "error", &format!("⚠️ The agent ran into an error: {error}"))
+                .await?;
+            return Ok(TurnOutcome::Failed(error));
+        }
+        match stop_reason.as_deref() {
+            None | Some("end_turn" | "tool_rule" | "requires_approval") => {
+                Ok(TurnOutcome::Answered(writer.answer_text()))
+            }
+            Some(reason) => {
+                let explained = match reason {
+                    "max_steps" => "it reached its step limit",
+                    "llm_api_error" => "its language model failed",
+                    "invalid_llm_response" => "its language model answered something unusable",
+                    "invalid_tool_call" => "it made a tool call that could not be run",
+                    "cancelled" => "the run was cancelled",
+                    "no_tool_call" => "it did not call a tool",
+                    _ => "of an unexpected reason",
+                };
+                let prefix = if writer.has_answer() { "" } else { "No answer: " };
+                let message = format!("⚠️ {prefix}The agent stopped because {explained} (`{reason}`).");
+                self.post_notice(writer, "stopped", &message).await?;
+                Ok(TurnOutcome::Answered(writer.answer_text()))
+            }
+        }
+    }
+
+    /// Backs off before the next attempt, telling the room once when it takes long; gives up
+    /// (with a notice) after the configured time.
+    async fn wait_or_give_up(
+        &self,
+        writer: &ReplyWriter<'_>,
+        error: &LettaError,
+        started: Instant,
+        attempt: u32,
+        backoff: &RetryPolicy,
+        told_of_delay: &mut bool,
+    ) -> Result<Option<TurnOutcome>, RelayError> {
+        let waited = started.elapsed();
+        let raw = &self.settings.raw;
+        if waited >= Duration::from_millis(raw.relay_give_up_after_ms) {
+            let message = format!(
+                "⚠️ I could not reach my agent for {} minutes and gave up on this message ({error}).",
+                waited.as_secs() / 60
+            );
+            self.post_notice(writer, "gave-up", &message).await?;
+            return Ok(Some(TurnOutcome::Failed(error.to_string())));
+        }
+        // Busy agents are ordinary: they are waited for without telling anyone.
+        if !*told_of_delay
+            && !matches!(error, LettaError::Busy)
+            && waited >= Duration::from_millis(raw.relay_notice_after_ms)
+        {
+            *told_of_delay = true;
+            let message = "⏳ My agent server is not answering right now. Your message is queued and I will answer when it is back.";
+            self.post_notice(writer, "delayed", message).await?;
+        }
+        let delay = backoff.delay(attempt);
+        tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "Letta turn failed; retrying");
+        tokio::time::sleep(delay).await;
+        Ok(None)
+    }
+
+    async fn post_notice(&self, writer: &ReplyWriter<'_>, kind: &str, text: &str) -> Result<(), RelayError> {
+        let content = reply::notice(text);
+        self.matrix
+            .send_message(
+                writer.room_id(),
+                writer.txn(&format!("n-{kind}")),
+                &content,
+                Some(writer.ghost()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the ghost typing until the returned task is aborted.
+    fn show_typing(&self, room_id: OwnedRoomId, ghost: OwnedUserId) -> tokio::task::JoinHandle<()> {
+        let matrix = self.matrix.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = matrix.typing(&room_id, &ghost, Some(TYPING_TIMEOUT)).await {
+                    tracing::debug!(%error, "cannot send a typing notice");
+                }
+                tokio::time::sleep(TYPING_TIMEOUT * 2 / 3).await;
+            }
+        })
+    }
+}
+
+/// What a person is told when Letta refuses a message for good.
+fn describe_refusal(error: &LettaError) -> String {
+    match error {
+        LettaError::NotFound { .. } => "⚠️ This agent no longer exists in Letta.".into(),
+        LettaError::Unauthorized { .. } => {
+            "⚠️ The bridge's Letta token was refused; an operator needs to fix `letta_token`.".into()
+        }
+        other => format!("⚠️ Letta refused this message: {other}"),
+    }
+}

@@ -1,0 +1,240 @@
+//! Posts an agent's streamed answer as its ghost: each assistant message of the turn is one Matrix
+//! message ("part"), posted with the first tokens and completed by throttled `m.replace` edits.
+//!
+//! Every send has a txn id derived from the cause (event, agent, part, edit), so a retried send,
+//! or a whole turn redone after a crash, can never post twice; and every posted part is recorded,
+//! so a redone turn edits the part it already posted instead of posting another.
+
+use std::time::{Duration, Instant};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId};
+
+use super::reply::{self, Placement};
+
+/// The first tokens wait this long for company: an answer that streams in faster than that (most
+/// short ones) appears whole, as one event instead of a message and an instant edit.
+const FIRST_POST_DELAY: Duration = Duration::from_millis(50);
+use super::{Relay, RelayError};
+
+struct Part {
+    letta_id: String,
+    text: String,
+    event_id: Option<OwnedEventId>,
+    /// The text the room shows now.
+    shown: String,
+    edits: u32,
+    last_post: Instant,
+    first_token: Instant,
+}
+
+pub(super) struct ReplyWriter<'a> {
+    relay: &'a Relay,
+    room_id: OwnedRoomId,
+    ghost: OwnedUserId,
+    agent_id: String,
+    cause_event_id: String,
+    txn_base: String,
+    placement: Placement,
+    parts: Vec<Part>,
+    /// Reasoning and tool calls in progress: (Letta message id, summary, text).
+    aside: Option<(String, String, String)>,
+    asides_posted: u32,
+    pub show_reasoning: bool,
+    /// When the last token arrived, for the "final token → Matrix send" figure.
+    pub last_token_at: Option<Instant>,
+}
+
+impl<'a> ReplyWriter<'a> {
+    pub fn new(
+        relay: &'a Relay,
+        room_id: OwnedRoomId,
+        ghost: OwnedUserId,
+        agent_id: &str,
+        cause_event_id: &str,
+        placement: Placement,
+    ) -> Self {
+        Self {
+            relay,
+            room_id,
+            ghost,
+            agent_id: agent_id.to_owned(),
+            cause_event_id: cause_event_id.to_owned(),
+            txn_base: super::txn_base(cause_event_id, agent_id),
+            placement,
+            parts: Vec::new(),
+            aside: None,
+            asides_posted: 0,
+            show_reasoning: false,
+            last_token_at: None,
+        }
+    }
+
+    pub fn txn(&self, suffix: &str) -> OwnedTransactionId {
+        OwnedTransactionId::from(format!("{}-{suffix}", self.txn_base))
+    }
+
+    pub fn room_id(&self) -> &ruma::RoomId {
+        &self.room_id
+    }
+
+    pub fn ghost(&self) -> &ruma::UserId {
+        &self.ghost
+    }
+
+    /// The whole answer: every part, in order.
+    pub fn answer_text(&self) -> String {
+        let parts: Vec<&str> = self
+            .parts
+            .iter()
+            .map(|part| part.text.trim())
+            .filter(|t| !t.is_empty())
+            .collect();
+        parts.join("\n\n")
+    }
+
+    pub fn has_answer(&self) -> bool {
+        self.parts.iter().any(|part| !part.text.trim().is_empty())
+    }
+
+    /// Adds a piece of the answer; a new Letta message id starts a new part.
+    pub async fn push_answer(&mut self, letta_id: &str, delta: &str) -> Result<(), RelayError> {
+        self.last_token_at = Some(Instant::now());
+        self.flush_aside().await?;
+        if self.parts.last().is_none_or(|part| part.letta_id != letta_id) {
+            if let Some(index) = self.parts.len().checked_sub(1) {
+                self.flush(index, true).await?;
+            }
+            let posted = self
+                .relay
+                .store
+                .sent_by_txn(self.txn(&format!("p{}", self.parts.len())).as_str())
+                .await?;
+            let now = Instant::now();
+            self.parts.push(Part {
+                letta_id: letta_id.to_owned(),
+                text: String::new(),
+                event_id: posted.and_then(|sent| OwnedEventId::try_from(sent.event_id).ok()),
+                shown: String::new(),
+                edits: 0,
+                last_post: now,
+                first_token: now,
+            });
+        }
+        let part = self.parts.last_mut().expect("a part was just ensured");
+        part.text.push_str(delta);
+        Ok(())
+    }
+
+    /// Adds a piece of reasoning or of a tool call, shown only when the room asks for it.
+    pub async fn push_aside(&mut self, letta_id: &str, summary: &str, delta: &str) -> Result<(), RelayError> {
+        if !self.show_reasoning {
+            return Ok(());
+        }
+        if self.aside.as_ref().is_some_and(|(id, _, _)| id != letta_id) {
+            self.flush_aside().await?;
+        }
+        let aside = self
+            .aside
+            .get_or_insert_with(|| (letta_id.to_owned(), summary.to_owned(), String::new()));
+        aside.2.push_str(delta);
+        Ok(())
+    }
+
+    async fn flush_aside(&mut self) -> Result<(), RelayError> {
+        let Some((_, summary, text)) = self.aside.take() else {
+            return Ok(());
+        };
+        let content = reply::collapsed_notice(&summary, &text);
+        let txn = self.txn(&format!("a{}", self.asides_posted));
+        self.asides_posted += 1;
+        self.relay
+            .matrix
+            .send_message(&self.room_id, txn, &content, Some(&self.ghost))
+            .await?;
+        Ok(())
+    }
+
+    /// When the room should next see the answer grow, if it has anything new to see.
+    pub fn next_flush(&self, edit_interval: Duration) -> Option<Instant> {
+        let part = self.parts.last()?;
+        if part.text == part.shown || part.text.trim().is_empty() {
+            return None;
+        }
+        Some(match part.event_id {
+            None => part.first_token + FIRST_POST_DELAY,
+            Some(_) => part.last_post + edit_interval,
+        })
+    }
+
+    /// Shows the newest part as it is now.
+    pub async fn flush_latest(&mut self) -> Result<(), RelayError> {
+        match self.parts.len().checked_sub(1) {
+            Some(index) => self.flush(index, false).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Posts every part in full: the end of the turn.
+    pub async fn finish(&mut self) -> Result<(), RelayError> {
+        self.flush_aside().await?;
+        if let Some(index) = self.parts.len().checked_sub(1) {
+            self.flush(index, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, index: usize, last: bool) -> Result<(), RelayError> {
+        let part = &self.parts[index];
+        if part.text.trim().is_empty() || (part.text == part.shown && part.event_id.is_some()) {
+            return Ok(());
+        }
+        let text = part.text.clone();
+        let letta_id = part.letta_id.clone();
+        if last && let Some(token_at) = self.last_token_at {
+            metrics::histogram!("letta_matrix_relay_finish_seconds").record(token_at.elapsed().as_secs_f64());
+        }
+        let (txn, content) = match &part.event_id {
+            None => {
+                let mut content = reply::text(&text);
+                // The first part answers the message; the rest follow it (in its thread, if any).
+                if index == 0 || self.placement.thread.is_some() {
+                    content = reply::place(content, &self.placement);
+                }
+                (self.txn(&format!("p{index}")), content)
+            }
+            Some(original) => {
+                let suffix = if last {
+                    format!("p{index}-final")
+                } else {
+                    format!("p{index}-e{}", part.edits)
+                };
+                (self.txn(&suffix), reply::replacement(&text, original.clone()))
+            }
+        };
+        let event_id = self
+            .relay
+            .matrix
+            .send_message(&self.room_id, txn.clone(), &content, Some(&self.ghost))
+            .await?;
+        let part = &mut self.parts[index];
+        if part.event_id.is_none() {
+            self.relay
+                .store
+                .record_sent(
+                    event_id.as_str(),
+                    self.room_id.as_str(),
+                    &self.agent_id,
+                    txn.as_str(),
+                    Some(&self.cause_event_id),
+                    Some(&letta_id),
+                )
+                .await?;
+            part.event_id = Some(event_id);
+        } else {
+            part.edits += 1;
+        }
+        part.shown = text;
+        part.last_post = Instant::now();
+        Ok(())
+    }
+}
