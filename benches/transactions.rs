@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use letta_matrix::store::{InboxState, Store};
+use letta_matrix::store::Store;
 use serde_json::{Value, json};
 use support::db::TestDatabase;
 use support::service::Installation;
@@ -104,7 +104,7 @@ async fn main() {
             );
         }
         let store = Store::connect(&database.url, 1).await.unwrap();
-        let stored = store.inbox_count(InboxState::Pending).await.unwrap();
+        let stored = store.inbox_size().await.unwrap();
         assert_eq!(
             stored as usize, sent_events,
             "{engine}: every acknowledged event must be stored"

@@ -130,3 +130,27 @@ fn check_names_every_broken_link_with_a_hint() {
     let after = text(&letta_matrix(dir.path(), MINIMAL, &["check"]).stdout);
     assert!(after.contains("ok   database"), "{after}");
 }
+
+#[test]
+fn mcp_token_is_the_agents_own_and_needs_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = letta_matrix(dir.path(), MINIMAL, &["mcp-token", "agent-1"]);
+    assert!(!off.status.success());
+    assert!(
+        text(&off.stderr).contains("mcp_secret is not set"),
+        "{}",
+        text(&off.stderr)
+    );
+
+    let with_secret: Vec<(&str, &str)> = MINIMAL
+        .iter()
+        .copied()
+        .chain([("LETTA_MATRIX_MCP_SECRET", "s")])
+        .collect();
+    let token = |agent: &str| text(&letta_matrix(dir.path(), &with_secret, &["mcp-token", agent]).stdout);
+    let expected = letta_matrix::mcp::agent_token(&letta_matrix::config::Secret::new("s"), "agent-1");
+    assert_eq!(token("agent-1").trim(), expected);
+    assert_ne!(token("agent-1"), token("agent-2"));
+    let typo = letta_matrix(dir.path(), &with_secret, &["mcp-token", "Helper"]);
+    assert!(text(&typo.stderr).contains("does not look like a Letta agent id"));
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use letta_matrix::config::Secret;
-use letta_matrix::letta::{LettaClient, LettaError};
+use letta_matrix::letta::{LettaClient, LettaError, MessageCreate, StreamEvent, find_turn};
 use letta_matrix::outbound::RetryPolicy;
 use letta_standin::LettaStandin;
 
@@ -80,4 +80,105 @@ async fn unreachable_letta_says_where_it_looked() {
     let error = client.health().await.unwrap_err();
     assert!(matches!(error, LettaError::Unreachable { .. }), "{error}");
     assert!(error.to_string().contains(&port.to_string()), "{error}");
+}
+
+async fn collect_turn(client: &LettaClient, agent: &str, messages: &[MessageCreate]) -> Vec<StreamEvent> {
+    use futures::StreamExt;
+    let stream = client.stream_turn(agent, messages).await.unwrap();
+    stream.map(|event| event.unwrap()).collect().await
+}
+
+#[tokio::test]
+async fn a_streamed_turn_arrives_token_by_token_and_is_stored_with_name_and_otid() {
+    let letta = LettaStandin::start().await;
+    let agent = letta.create_agent("Helper", None);
+    letta.set_chunk_chars(3);
+    letta.script_reply(&agent, "Héllo there");
+    let client = client(&letta, None);
+    let asked = MessageCreate::user("hi".into(), Some("alice".into()), "otid-1".into());
+    let events = collect_turn(&client, &agent, std::slice::from_ref(&asked)).await;
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Assistant { delta, .. } => Some(delta.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, ["Hél", "lo ", "the", "re"]);
+    assert_eq!(events.first(), Some(&StreamEvent::Other), "a ping first");
+    assert_eq!(
+        &events[events.len() - 3..],
+        [
+            StreamEvent::Stop("end_turn".into()),
+            StreamEvent::Other,
+            StreamEvent::Done
+        ]
+    );
+
+    // The default answer repeats the last message; the history holds both turns, findable by otid.
+    let second = MessageCreate::user("again".into(), None, "otid-2".into());
+    collect_turn(&client, &agent, &[second]).await;
+    let history = client.recent_messages(&agent, 10).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|m| m.message_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["user_message", "assistant_message", "user_message", "assistant_message"]
+    );
+    let (user, answers) = find_turn(&history, "otid-1").unwrap();
+    assert_eq!((user.text(), user.name.as_deref()), ("hi".to_owned(), Some("alice")));
+    assert_eq!(answers.iter().map(|a| a.text()).collect::<Vec<_>>(), ["Héllo there"]);
+    assert_eq!(find_turn(&history, "otid-2").unwrap().1[0].text(), "You said: again");
+    assert_eq!(letta.max_concurrent(&agent), 1);
+}
+
+#[tokio::test]
+async fn streaming_needs_the_sdk_header_and_refusals_are_typed() {
+    let letta = LettaStandin::start().await;
+    let agent = letta.create_agent("Helper", None);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/agents/{agent}/messages", letta.url()))
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "streaming": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422, "a real Letta refuses old clients a stream");
+    let client = client(&letta, None);
+    let asked = [MessageCreate::user("hi".into(), None, "o".into())];
+    assert!(matches!(
+        client.stream_turn("agent-missing", &asked).await.err(),
+        Some(LettaError::NotFound { .. })
+    ));
+    letta.set_failing(Some(409));
+    assert!(matches!(
+        client.stream_turn(&agent, &asked).await.err(),
+        Some(LettaError::Busy)
+    ));
+    letta.set_failing(Some(500));
+    assert!(matches!(
+        client.stream_turn(&agent, &asked).await.err(),
+        Some(LettaError::Status { status: 500, .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_turns_of_one_agent_are_counted() {
+    let letta = LettaStandin::start().await;
+    let agent = letta.create_agent("Helper", None);
+    letta.set_latency(&agent, Duration::from_millis(300), Duration::ZERO);
+    let client = client(&letta, None);
+    let turns = (0..3).map(|n| {
+        let client = client.clone();
+        let agent = agent.clone();
+        async move {
+            let asked = [MessageCreate::user(format!("m{n}"), None, format!("o{n}"))];
+            collect_turn(&client, &agent, &asked).await
+        }
+    });
+    futures::future::join_all(turns).await;
+    assert_eq!(
+        letta.max_concurrent(&agent),
+        3,
+        "the stand-in, like Letta 0.16.8, runs them interleaved"
+    );
+    assert_eq!(letta.user_messages(&agent).len(), 3);
 }

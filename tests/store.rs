@@ -5,18 +5,6 @@ mod support;
 use letta_matrix::store::{InboxEvent, InboxState, NewInboxEvent, Store, TransactionOutcome};
 use support::db::TestDatabase;
 
-/// Runs one check against a fresh SQLite file and a fresh PostgreSQL database.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::TestDatabase::sqlite()).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::TestDatabase::postgres().await).await })*
-        }
-    };
-}
-
 on_both_engines!(
     transaction_is_stored_once,
     event_in_two_transactions_is_stored_once,

@@ -257,6 +257,11 @@ impl Person {
     }
 
     pub async fn send_text(&self, room_id: &str, body: &str) -> anyhow::Result<String> {
+        self.send(room_id, json!({"msgtype": "m.text", "body": body})).await
+    }
+
+    /// Sends an `m.room.message` with any content; returns its event id.
+    pub async fn send(&self, room_id: &str, content: Value) -> anyhow::Result<String> {
         let txn = format!(
             "t{}",
             std::time::SystemTime::now()
@@ -264,14 +269,43 @@ impl Person {
                 .as_nanos()
         );
         let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", encode(room_id));
-        let sent = self
-            .call(
-                reqwest::Method::PUT,
-                &path,
-                Some(json!({"msgtype": "m.text", "body": body})),
-            )
-            .await?;
+        let sent = self.call(reqwest::Method::PUT, &path, Some(content)).await?;
         Ok(sent["event_id"].as_str().context("no event_id")?.to_owned())
+    }
+
+    pub async fn put_state(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        content: Value,
+    ) -> anyhow::Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{event_type}/{}",
+            encode(room_id),
+            encode(state_key)
+        );
+        self.call(reqwest::Method::PUT, &path, Some(content)).await.map(drop)
+    }
+
+    /// One event as the homeserver stores it.
+    pub async fn event(&self, room_id: &str, event_id: &str) -> anyhow::Result<Value> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            encode(room_id),
+            encode(event_id)
+        );
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    /// A raw `/sync`, long-polling up to `timeout_ms` for news after `since`.
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> anyhow::Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str("&since=");
+            path.push_str(&encode(since));
+        }
+        self.call(reqwest::Method::GET, &path, None).await
     }
 
     pub async fn invite(&self, room_id: &str, user_id: &str) -> anyhow::Result<()> {

@@ -1,0 +1,170 @@
+//! History import on a real Synapse: an agent's past Letta conversation appears in its new room
+//! in order, at its original times, exactly once, even across a `kill -9`.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::stack::{Stack, stack_prepared};
+use support::wait::eventually;
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn date(n: usize) -> String {
+    format!(
+        "2025-03-{:02}T{:02}:{:02}:00+00:00",
+        1 + n / 600,
+        (n / 60) % 10 + 8,
+        n % 60
+    )
+}
+
+fn ms(date: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(date).unwrap().timestamp_millis()
+}
+
+/// A conversation of `count` messages, alternating person and agent.
+fn conversation(count: usize) -> Vec<(&'static str, String, String)> {
+    (0..count)
+        .map(|n| {
+            let role = if n % 2 == 0 { "user" } else { "assistant" };
+            (role, format!("message {n}"), date(n))
+        })
+        .collect()
+}
+
+/// The imported events alice sees in the agent's room, oldest first.
+async fn imported(stack: &Stack) -> Vec<Value> {
+    let room = &stack.agents[0].room;
+    let mut events: Vec<Value> = stack
+        .alice
+        .messages(room, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e["content"]["org.lettamatrix.imported"].is_null())
+        .collect();
+    events.reverse();
+    events
+}
+
+fn body_text(event: &Value) -> String {
+    let body = event["content"]["body"].as_str().unwrap();
+    body.strip_prefix("**user:** ").unwrap_or(body).to_owned()
+}
+
+#[tokio::test]
+async fn the_latest_history_appears_in_order_at_its_original_times() {
+    let history = conversation(8);
+    let stack = stack_prepared(
+        "history.test",
+        &["Veteran"],
+        &[("LETTA_MATRIX_HISTORY_IMPORT_LIMIT", "6")],
+        |letta, ids| {
+            for (role, text, date) in &history {
+                letta.add_history(&ids[0], role, text, date);
+            }
+        },
+    )
+    .await;
+    let agent = &stack.agents[0];
+    let events = eventually("the history imported", PATIENCE, || async {
+        let events = imported(&stack).await;
+        (events.len() >= 6).then_some(events)
+    })
+    .await;
+    let expected: Vec<&(&str, String, String)> = history.iter().skip(2).collect();
+    assert_eq!(events.len(), 6, "bounded by history_import_limit");
+    for (event, (role, text, date)) in events.iter().zip(expected) {
+        assert_eq!(body_text(event), *text);
+        assert_eq!(
+            event["origin_server_ts"].as_i64(),
+            Some(ms(date)),
+            "{text} keeps its time"
+        );
+        let sender = if *role == "user" {
+            "@letta_bot:history.test".to_owned()
+        } else {
+            agent.ghost.clone()
+        };
+        assert_eq!(event["sender"], sender.as_str(), "{text}");
+    }
+    assert_eq!(events[0]["content"]["body"], "**user:** message 2");
+    assert_eq!(
+        stack.letta.requests("POST /v1/agents/{agent_id}/messages"),
+        0,
+        "nothing imported went back to Letta"
+    );
+
+    // A live exchange, then the import asked for again (the admin endpoint, the CLI): neither the
+    // history nor what the relay posted live is posted twice.
+    stack.alice.send_text(&agent.room, "a live question").await.unwrap();
+    stack
+        .wait_for_answers(agent, 4, |shown| {
+            shown.iter().any(|s| s.body.ends_with("a live question"))
+        })
+        .await;
+    let http = reqwest::Client::new();
+    let url = |agent_id: &str| format!("{}/admin/agents/{agent_id}/import-history", stack.install.base_url());
+    let queued = http.post(url(&agent.id)).bearer_auth("admin").send().await.unwrap();
+    assert_eq!(queued.status(), 202);
+    let unknown = http
+        .post(url("agent-nobody"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["errcode"], "M_NOT_FOUND");
+    let anonymous = http.post(url(&agent.id)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (code, stdout, stderr) = stack.install.run(&["import-history", &agent.id]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("is in its room"), "{stdout}");
+    let (code, _, stderr) = stack.install.run(&["import-history", "agent-nobody"]).await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no agent agent-nobody"), "{stderr}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(imported(&stack).await.len(), 6, "a second import adds nothing");
+    let live = stack.shown(&agent.room, &agent.ghost).await;
+    assert_eq!(
+        live.iter().filter(|s| s.body.ends_with("a live question")).count(),
+        1,
+        "the live answer stays the relay's alone"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_kill_during_import_leaves_every_message_exactly_once() {
+    let history = conversation(150);
+    let mut stack = stack_prepared("resume.test", &["Talkative"], &[], |letta, ids| {
+        for (role, text, date) in &history {
+            letta.add_history(&ids[0], role, text, date);
+        }
+    })
+    .await;
+    let partial = eventually("the import under way", PATIENCE, || async {
+        let count = imported(&stack).await.len();
+        (count >= 5).then_some(count)
+    })
+    .await;
+    assert!(partial < 150, "the kill comes mid-import ({partial} of 150)");
+    stack.served.take().unwrap().kill().await;
+    stack.served = Some(stack.install.serve().await.unwrap());
+    eventually("the whole history", PATIENCE, || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (imported(&stack).await.len() >= 150).then_some(())
+    })
+    .await;
+    // Anything posted twice would show up by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = imported(&stack).await;
+    let texts: Vec<String> = events.iter().map(body_text).collect();
+    let expected: Vec<String> = history.iter().map(|(_, text, _)| text.clone()).collect();
+    assert_eq!(texts, expected, "every message once, in order");
+    assert_eq!(texts.iter().collect::<HashSet<_>>().len(), 150);
+    stack.stop().await;
+}

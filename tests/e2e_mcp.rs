@@ -1,0 +1,343 @@
+//! The MCP tool server end to end: rmcp's own client calls every tool against `serve`, a real
+//! Synapse and the Letta stand-in; agents message each other through Matrix as themselves.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use letta_matrix::config::Secret;
+use letta_matrix::mcp::agent_token;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+use support::chat::shown_messages;
+use support::stack::{Stack, stack};
+use support::wait::eventually;
+
+const SECRET: &str = "mcp-secret-for-tests";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(stack: &Stack, agent_id: &str, token: &str) -> Result<Client, String> {
+    let headers = HashMap::from([(
+        HeaderName::from_static("x-agent-id"),
+        HeaderValue::from_str(agent_id).unwrap(),
+    )]);
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", stack.install.base_url()))
+        .auth_header(token)
+        .custom_headers(headers);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn client_for(stack: &Stack, agent_id: &str) -> Client {
+    connect(stack, agent_id, &agent_token(&Secret::new(SECRET), agent_id))
+        .await
+        .unwrap()
+}
+
+/// Calls a tool; `Ok` holds its JSON answer, `Err` the MCP error's text.
+async fn call(client: &Client, tool: &str, arguments: Value) -> Result<Value, String> {
+    let arguments = arguments.as_object().cloned().unwrap_or_default();
+    let result = client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments))
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = result.content[0].as_text().expect("a text answer").text.clone();
+    if result.is_error == Some(true) {
+        return Err(text);
+    }
+    Ok(serde_json::from_str(&text).expect("tools answer JSON"))
+}
+
+#[tokio::test]
+async fn every_tool_works_as_the_calling_agent_and_bad_arguments_are_explained() {
+    let stack = stack(
+        "tools.test",
+        &["Alpha", "Beta"],
+        &[
+            ("LETTA_MATRIX_MCP_SECRET", SECRET),
+            ("LETTA_MATRIX_ALLOW", "tools.test"),
+        ],
+    )
+    .await;
+    let (alpha, beta) = (&stack.agents[0], &stack.agents[1]);
+    let client = client_for(&stack, &alpha.id).await;
+
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "get_agent_room",
+            "list_agents",
+            "matrix_agent_message",
+            "matrix_create_room",
+            "matrix_invite_user",
+            "matrix_join_room",
+            "matrix_leave_room",
+            "matrix_list_rooms",
+            "matrix_read_room",
+            "matrix_send_message"
+        ]
+    );
+    let send_schema = &tools
+        .iter()
+        .find(|t| t.name == "matrix_agent_message")
+        .unwrap()
+        .input_schema;
+    assert_eq!(send_schema["required"], json!(["to_agent_id", "message"]));
+
+    let listed = call(&client, "list_agents", json!({})).await.unwrap();
+    assert_eq!(listed["agents"].as_array().unwrap().len(), 2);
+    let listed_beta = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == beta.id.as_str())
+        .unwrap();
+    assert_eq!(
+        (
+            listed_beta["name"].as_str(),
+            listed_beta["user_id"].as_str(),
+            listed_beta["room_id"].as_str()
+        ),
+        (Some("Beta"), Some(beta.ghost.as_str()), Some(beta.room.as_str()))
+    );
+    let room = call(&client, "get_agent_room", json!({"agent_id": beta.id}))
+        .await
+        .unwrap();
+    assert_eq!(room["room_id"], beta.room.as_str());
+
+    let posted = call(
+        &client,
+        "matrix_send_message",
+        json!({"room_id": alpha.room, "message": "**notes** to self"}),
+    )
+    .await
+    .unwrap();
+    let read = call(&client, "matrix_read_room", json!({"room_id": alpha.room, "limit": 5}))
+        .await
+        .unwrap();
+    let last = read["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["body"].as_str(), last["sender"].as_str()),
+        (Some("**notes** to self"), Some(alpha.ghost.as_str()))
+    );
+    assert_eq!(last["event_id"], posted["event_id"]);
+
+    let rooms = call(&client, "matrix_list_rooms", json!({})).await.unwrap();
+    let own = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == alpha.room.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(own["name"], "Alpha");
+    assert!(own["members"].as_u64().unwrap() >= 3, "ghost, bot and alice: {own}");
+
+    let created = call(
+        &client,
+        "matrix_create_room",
+        json!({"name": "Planning", "topic": "what next", "invite_users": ["@alice:tools.test"]}),
+    )
+    .await
+    .unwrap();
+    let planning = created["room_id"].as_str().unwrap().to_owned();
+    eventually("alice invited to the new room", PATIENCE, || async {
+        stack.alice.join(&planning).await.ok()
+    })
+    .await;
+    let public = stack
+        .alice
+        .create_room(json!({"name": "Lobby", "preset": "public_chat"}))
+        .await
+        .unwrap();
+    let joined = call(&client, "matrix_join_room", json!({"room_id": public}))
+        .await
+        .unwrap();
+    assert_eq!(joined["room_id"], public.as_str());
+    assert!(
+        stack
+            .alice
+            .joined_members(&public)
+            .await
+            .unwrap()
+            .contains(&alpha.ghost)
+    );
+    call(
+        &client,
+        "matrix_invite_user",
+        json!({"room_id": planning, "user_id": beta.ghost}),
+    )
+    .await
+    .unwrap();
+    let membership = stack
+        .alice
+        .state(&planning, "m.room.member", &beta.ghost)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(membership["membership"], "invite");
+    call(&client, "matrix_leave_room", json!({"room_id": public}))
+        .await
+        .unwrap();
+    assert!(
+        !stack
+            .alice
+            .joined_members(&public)
+            .await
+            .unwrap()
+            .contains(&alpha.ghost)
+    );
+
+    // Bad arguments and forbidden acts are errors that say what is wrong.
+    let errors = [
+        ("matrix_read_room", json!({"room_id": "not-a-room"}), "not a room id"),
+        (
+            "matrix_read_room",
+            json!({"room_id": alpha.room, "limit": 500}),
+            "between 1 and 50",
+        ),
+        ("matrix_read_room", json!({"room_id": public}), "not in room"),
+        (
+            "matrix_agent_message",
+            json!({"to_agent_id": "agent-nobody", "message": "hi"}),
+            "no agent",
+        ),
+        (
+            "matrix_agent_message",
+            json!({"to_agent_id": alpha.id, "message": "hi"}),
+            "your own id",
+        ),
+        ("matrix_agent_message", json!({"message": "hi"}), "to_agent_id"),
+        ("matrix_join_room", json!({}), "exactly one"),
+        (
+            "matrix_invite_user",
+            json!({"room_id": alpha.room, "user_id": "@mallory:evil.example"}),
+            "not allowed",
+        ),
+        (
+            "matrix_leave_room",
+            json!({"room_id": alpha.room}),
+            "your own agent room",
+        ),
+    ];
+    for (tool, arguments, expected) in errors {
+        let error = call(&client, tool, arguments.clone()).await.unwrap_err();
+        assert!(error.contains(expected), "{tool} {arguments}: {error}");
+    }
+    client.cancel().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_cannot_act_as_another() {
+    let stack = stack("auth.test", &["Alpha", "Beta"], &[("LETTA_MATRIX_MCP_SECRET", SECRET)]).await;
+    let (alpha, beta) = (&stack.agents[0], &stack.agents[1]);
+    let alphas_token = agent_token(&Secret::new(SECRET), &alpha.id);
+    assert!(
+        connect(&stack, &beta.id, &alphas_token).await.is_err(),
+        "alpha's token does not open beta's tools"
+    );
+    assert!(connect(&stack, &alpha.id, "guessed").await.is_err());
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", stack.install.base_url()))
+        .header("x-agent-id", &beta.id)
+        .bearer_auth(&alphas_token)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("does not belong"));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn agents_talk_through_matrix_as_themselves_until_the_hop_limit() {
+    let stack = stack(
+        "agents.test",
+        &["Alpha", "Beta"],
+        &[
+            ("LETTA_MATRIX_MCP_SECRET", SECRET),
+            ("LETTA_MATRIX_INTER_AGENT_MAX_HOPS", "3"),
+        ],
+    )
+    .await;
+    let (alpha, beta) = (&stack.agents[0], &stack.agents[1]);
+    let client = client_for(&stack, &alpha.id).await;
+    let sent = call(
+        &client,
+        "matrix_agent_message",
+        json!({"to_agent_id": beta.id, "message": "Hello Beta"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent["room_id"], beta.room.as_str());
+
+    // Beta's room: alpha's message under alpha's name, then beta's answer.
+    let from_alpha = eventually("alpha's message in beta's room", PATIENCE, || async {
+        let shown = shown_messages(&stack.alice.messages(&beta.room, 50).await.unwrap(), &alpha.ghost);
+        (!shown.is_empty()).then_some(shown)
+    })
+    .await;
+    assert_eq!(from_alpha[0].body, "Hello Beta");
+    assert_eq!(
+        from_alpha[0].content["org.lettamatrix.from_agent_id"],
+        alpha.id.as_str()
+    );
+    assert_eq!(from_alpha[0].content["org.lettamatrix.from_agent_name"], "Alpha");
+    let told_beta = &stack.letta.user_messages(&beta.id)[0];
+    let told = told_beta["content"].as_str().unwrap();
+    assert!(
+        told.contains("Message from agent Alpha") && told.contains(&alpha.id) && told.ends_with("Hello Beta"),
+        "{told}"
+    );
+    assert_eq!(told_beta["name"], "Alpha");
+
+    // The exchange goes back and forth (hops 1, 2, 3) and stops with a notice at hop 4.
+    let notice = eventually("the hop limit stopping the exchange", PATIENCE, || async {
+        for agent in [alpha, beta] {
+            let shown = shown_messages(&stack.alice.messages(&agent.room, 50).await.unwrap(), &agent.ghost);
+            if let Some(notice) = shown
+                .iter()
+                .find(|s| s.msgtype == "m.notice" && s.body.contains("hops"))
+            {
+                return Some(notice.body.clone());
+            }
+        }
+        None
+    })
+    .await;
+    assert!(notice.contains("3 hops"), "{notice}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (to_alpha, to_beta) = (
+        stack.letta.user_messages(&alpha.id).len(),
+        stack.letta.user_messages(&beta.id).len(),
+    );
+    assert_eq!(
+        (to_beta, to_alpha),
+        (2, 1),
+        "beta heard hops 1 and 3, alpha hop 2; hop 4 was stopped"
+    );
+    let in_alpha_room = shown_messages(&stack.alice.messages(&alpha.room, 50).await.unwrap(), &beta.ghost);
+    assert!(
+        in_alpha_room
+            .iter()
+            .any(|m| m.body.starts_with("You said: [Message from agent Alpha")),
+        "beta's answer reached alpha's room under beta's name: {in_alpha_room:?}"
+    );
+    client.cancel().await.unwrap();
+    stack.stop().await;
+}

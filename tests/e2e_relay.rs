@@ -1,0 +1,411 @@
+//! The relay end to end: a person on a real Synapse talks to agents served by the Letta stand-in
+//! through `letta-matrix serve`, and sees streamed, formatted answers from the agents' ghosts.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::chat::Shown;
+use support::stack::stack;
+use support::wait::eventually;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn texts(shown: &[Shown]) -> Vec<&str> {
+    shown
+        .iter()
+        .filter(|s| s.msgtype == "m.text")
+        .map(|s| s.body.as_str())
+        .collect()
+}
+
+const SEND_ROUTE: &str = "POST /v1/agents/{agent_id}/messages";
+
+#[tokio::test]
+async fn a_person_sees_a_streamed_formatted_answer_with_typing_and_a_read_receipt() {
+    let stack = stack("stream.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let answer = "Hello **Alice**, this answer arrives in small pieces, like a modern chat.";
+    stack.letta.script_reply(&agent.id, answer);
+    stack.letta.set_chunk_chars(4);
+    stack
+        .letta
+        .set_latency(&agent.id, Duration::from_millis(300), Duration::from_millis(80));
+    let since = stack.alice.sync(None, 0).await.unwrap()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let asked_at = Instant::now();
+    let asked = stack.alice.send_text(&agent.room, "hi there").await.unwrap();
+
+    // Typing and the read receipt arrive while the agent works.
+    let (mut typing_seen, mut receipt_seen) = (false, false);
+    let mut since = since;
+    while !(typing_seen && receipt_seen) && asked_at.elapsed() < PATIENCE {
+        let sync = stack.alice.sync(Some(&since), 1000).await.unwrap();
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        for event in sync["rooms"]["join"][&agent.room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if event["type"] == "m.typing"
+                && event["content"]["user_ids"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(agent.ghost))
+            {
+                typing_seen = true;
+            }
+            if event["type"] == "m.receipt" && !event["content"][&asked]["m.read"][&agent.ghost].is_null() {
+                receipt_seen = true;
+            }
+        }
+    }
+    assert!(typing_seen, "the ghost showed typing");
+    assert!(receipt_seen, "the ghost sent a read receipt for the message");
+
+    let shown = stack.wait_for_answers(agent, 1, |s| s[0].body == answer).await;
+    assert_eq!(shown.len(), 1, "one answer: {shown:?}");
+    let reply = &shown[0];
+    assert_eq!(
+        reply.formatted.as_deref(),
+        Some("<p>Hello <strong>Alice</strong>, this answer arrives in small pieces, like a modern chat.</p>")
+    );
+    assert!(reply.edits >= 1, "the answer grew by edits while streaming");
+    // ~1.7 s of streaming at one edit per 300 ms at most.
+    assert!(reply.edits <= 10, "edits are throttled: {}", reply.edits);
+
+    eventually("typing to stop", PATIENCE, || async {
+        let sync = stack.alice.sync(Some(&since), 1000).await.unwrap();
+        let typing = sync["rooms"]["join"][&agent.room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.typing")
+            .cloned();
+        typing.filter(|t| {
+            !t["content"]["user_ids"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(agent.ghost))
+        })
+    })
+    .await;
+
+    let told = stack.letta.user_messages(&agent.id);
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0]["name"], "alice");
+    assert_eq!(told[0]["content"], format!("alice (@alice:stream.test): hi there"));
+    assert_eq!(
+        told[0]["otid"].as_str().map(str::len),
+        Some(36),
+        "an otid derived from the event"
+    );
+    assert_eq!(stack.letta.requests(SEND_ROUTE), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_run_in_parallel_one_room_keeps_order_and_an_agent_takes_one_turn_at_a_time() {
+    let stack = stack("lanes.test", &["Slow", "Quick"], &[]).await;
+    let (slow, quick) = (&stack.agents[0], &stack.agents[1]);
+    stack
+        .letta
+        .set_latency(&slow.id, Duration::from_secs(4), Duration::ZERO);
+    stack.alice.send_text(&slow.room, "slow one").await.unwrap();
+    stack.alice.send_text(&quick.room, "quick one").await.unwrap();
+    let quick_answer = stack
+        .wait_for_answers(quick, 1, |s| s[0].body.ends_with("quick one"))
+        .await;
+    assert!(
+        stack.shown(&slow.room, &slow.ghost).await.is_empty(),
+        "the quick agent answered while the slow one was still working"
+    );
+    assert_eq!(texts(&quick_answer), ["You said: alice (@alice:lanes.test): quick one"]);
+
+    for n in 1..=4 {
+        stack.alice.send_text(&quick.room, &format!("m{n}")).await.unwrap();
+    }
+    let answers = stack.wait_for_answers(quick, 5, |s| s[4].body.ends_with("m4")).await;
+    let expected: Vec<String> = std::iter::once("quick one".to_owned())
+        .chain((1..=4).map(|n| format!("m{n}")))
+        .map(|m| format!("You said: alice (@alice:lanes.test): {m}"))
+        .collect();
+    assert_eq!(texts(&answers), expected, "answers in the order of the messages");
+
+    // The slow agent in a second room (a DM) takes its turns one at a time.
+    let dm = stack
+        .alice
+        .create_room(json!({"is_direct": true, "preset": "trusted_private_chat", "invite": [slow.ghost]}))
+        .await
+        .unwrap();
+    eventually("the ghost joining the DM", PATIENCE, || async {
+        stack
+            .alice
+            .joined_members(&dm)
+            .await
+            .unwrap()
+            .contains(&slow.ghost)
+            .then_some(())
+    })
+    .await;
+    stack
+        .letta
+        .set_latency(&slow.id, Duration::from_millis(800), Duration::ZERO);
+    stack.alice.send_text(&dm, "in the DM").await.unwrap();
+    stack.alice.send_text(&slow.room, "in the room").await.unwrap();
+    eventually("both rooms answered", PATIENCE, || async {
+        let dm_answers = stack.shown(&dm, &slow.ghost).await;
+        let room_answers = stack.shown(&slow.room, &slow.ghost).await;
+        (dm_answers.len() == 1 && room_answers.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.letta.max_concurrent(&slow.id),
+        1,
+        "never two turns of one agent at once"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn people_not_allowed_get_one_notice_and_letta_never_hears_them() {
+    let stack = stack(
+        "allow.test",
+        &["Guarded"],
+        &[
+            ("LETTA_MATRIX_ALLOW", "@alice:*"),
+            ("LETTA_MATRIX_INVITE", "@alice:allow.test,@bob:allow.test"),
+        ],
+    )
+    .await;
+    let agent = &stack.agents[0];
+    let bob = stack.synapse.register_user("bob", "bob-password").await.unwrap();
+    eventually("bob joining", PATIENCE, || async { bob.join(&agent.room).await.ok() }).await;
+    bob.send_text(&agent.room, "let me in").await.unwrap();
+    bob.send_text(&agent.room, "please").await.unwrap();
+    stack.alice.send_text(&agent.room, "I am allowed").await.unwrap();
+    let shown = stack
+        .wait_for_answers(agent, 2, |s| s.iter().any(|m| m.msgtype == "m.text"))
+        .await;
+    let notices: Vec<&Shown> = shown.iter().filter(|s| s.msgtype == "m.notice").collect();
+    assert_eq!(notices.len(), 1, "one notice however often: {shown:?}");
+    assert!(notices[0].body.contains("allow"));
+    assert_eq!(texts(&shown), ["You said: alice (@alice:allow.test): I am allowed"]);
+    let told = stack.letta.user_messages(&agent.id);
+    assert_eq!(told.len(), 1, "bob's messages never reached Letta");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn in_a_group_room_the_agent_answers_when_addressed_and_keeps_the_rest_as_context() {
+    let stack = stack("group.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let group = stack
+        .alice
+        .create_room(json!({"name": "team", "invite": [agent.ghost]}))
+        .await
+        .unwrap();
+    eventually("the ghost joining the group", PATIENCE, || async {
+        stack
+            .alice
+            .joined_members(&group)
+            .await
+            .unwrap()
+            .contains(&agent.ghost)
+            .then_some(())
+    })
+    .await;
+    stack.alice.send_text(&group, "lunch at noon?").await.unwrap();
+    let asked = stack
+        .alice
+        .send_text(&group, "helper, what did I just ask?")
+        .await
+        .unwrap();
+    let answers = eventually("the addressed answer", PATIENCE, || async {
+        let shown = stack.shown(&group, &agent.ghost).await;
+        (!shown.is_empty()).then_some(shown)
+    })
+    .await;
+    assert_eq!(answers.len(), 1, "only the addressed message is answered");
+    assert_eq!(
+        answers[0].content["m.relates_to"]["m.in_reply_to"]["event_id"],
+        asked.as_str()
+    );
+    let told: Vec<Value> = stack.letta.user_messages(&agent.id);
+    let contents: Vec<&str> = told.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(
+        contents,
+        [
+            "alice (@alice:group.test): lunch at noon?",
+            "alice (@alice:group.test): helper, what did I just ask?"
+        ],
+        "the earlier message went along as context"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_kill_mid_stream_and_a_restart_yield_exactly_one_complete_answer() {
+    let mut stack = stack("crash.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let answer = "This answer is long enough to be cut in the middle by a crash.";
+    stack.letta.script_reply(&agent.id, answer);
+    stack.letta.set_chunk_chars(4);
+    stack
+        .letta
+        .set_latency(&agent.id, Duration::ZERO, Duration::from_millis(250));
+    stack
+        .alice
+        .send_text(&stack.agents[0].room, "tell me something")
+        .await
+        .unwrap();
+    let partial = eventually("the answer starting to show", PATIENCE, || async {
+        let shown = stack.shown(&stack.agents[0].room, &stack.agents[0].ghost).await;
+        shown.first().filter(|s| !s.body.is_empty()).cloned()
+    })
+    .await;
+    assert_ne!(partial.body, answer, "the crash comes mid-stream");
+    stack.served.take().unwrap().kill().await;
+    stack.served = Some(stack.install.serve().await.unwrap());
+    let agent = &stack.agents[0];
+    let shown = stack.wait_for_answers(agent, 1, |s| s[0].body == answer).await;
+    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
+    assert_eq!(shown[0].event_id, partial.event_id);
+    assert_eq!(
+        stack.letta.requests(SEND_ROUTE),
+        1,
+        "Letta was asked once; the answer was looked up"
+    );
+    assert_eq!(stack.letta.user_messages(&agent.id).len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_transaction_or_event_gets_no_second_answer() {
+    let stack = stack("replay.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let asked = stack.alice.send_text(&agent.room, "only once").await.unwrap();
+    stack.wait_for_answers(agent, 1, |_| true).await;
+    let mut event = stack.alice.event(&agent.room, &asked).await.unwrap();
+    event["room_id"] = json!(agent.room);
+    let hs_token = stack.install.write_registration().await.hs_token;
+    let http = reqwest::Client::new();
+    for txn in ["replay-1", "replay-1", "replay-2"] {
+        let response = http
+            .put(format!(
+                "{}/_matrix/app/v1/transactions/{txn}",
+                stack.install.base_url()
+            ))
+            .bearer_auth(&hs_token)
+            .json(&json!({"events": [event]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.shown(&agent.room, &agent.ghost).await.len(), 1);
+    assert_eq!(stack.letta.requests(SEND_ROUTE), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn letta_failing_then_recovering_gets_a_notice_then_one_answer() {
+    let stack = stack(
+        "outage.test",
+        &["Helper"],
+        &[("LETTA_MATRIX_RELAY_NOTICE_AFTER_MS", "1000")],
+    )
+    .await;
+    let agent = &stack.agents[0];
+    stack.letta.set_failing(Some(500));
+    stack.alice.send_text(&agent.room, "are you there?").await.unwrap();
+    let notice = stack.wait_for_answers(agent, 1, |_| true).await;
+    assert_eq!(notice[0].msgtype, "m.notice");
+    assert!(notice[0].body.contains("queued"), "{}", notice[0].body);
+    stack.letta.set_failing(None);
+    let shown = stack
+        .wait_for_answers(agent, 2, |s| s.iter().any(|m| m.msgtype == "m.text"))
+        .await;
+    assert_eq!(texts(&shown), ["You said: alice (@alice:outage.test): are you there?"]);
+    assert_eq!(
+        stack.letta.user_messages(&agent.id).len(),
+        1,
+        "asked once after the outage"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn images_are_described_and_threads_are_answered_in_thread() {
+    let stack = stack("content.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    stack
+        .alice
+        .send(
+            &agent.room,
+            json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://content.test/abc", "info": {"mimetype": "image/png", "size": 2048}}),
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for_answers(agent, 1, |s| s[0].body.contains("cat.png"))
+        .await;
+    let told = stack.letta.user_messages(&agent.id);
+    assert_eq!(
+        told[0]["content"],
+        "alice (@alice:content.test): [alice sent an image: cat.png (mxc://content.test/abc, image/png, 2048 bytes)]"
+    );
+
+    let root = stack.alice.send_text(&agent.room, "a topic").await.unwrap();
+    stack
+        .wait_for_answers(agent, 2, |s| s[1].body.ends_with("a topic"))
+        .await;
+    stack
+        .alice
+        .send(
+            &agent.room,
+            json!({"msgtype": "m.text", "body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}}}),
+        )
+        .await
+        .unwrap();
+    let shown = stack
+        .wait_for_answers(agent, 3, |s| s[2].body.ends_with("in the thread"))
+        .await;
+    assert_eq!(shown[2].content["m.relates_to"]["rel_type"], "m.thread");
+    assert_eq!(shown[2].content["m.relates_to"]["event_id"], root.as_str());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_agent_is_waited_for_without_bothering_anyone() {
+    let stack = stack(
+        "busy.test",
+        &["Helper"],
+        &[("LETTA_MATRIX_RELAY_NOTICE_AFTER_MS", "500")],
+    )
+    .await;
+    let agent = &stack.agents[0];
+    stack.letta.set_failing(Some(409));
+    stack
+        .alice
+        .send_text(&agent.room, "when you have a moment")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stack.shown(&agent.room, &agent.ghost).await.is_empty(),
+        "no notice for a busy agent"
+    );
+    stack.letta.set_failing(None);
+    let shown = stack.wait_for_answers(agent, 1, |_| true).await;
+    assert_eq!(
+        texts(&shown),
+        ["You said: alice (@alice:busy.test): when you have a moment"]
+    );
+    assert_eq!(shown.len(), 1);
+    stack.stop().await;
+}

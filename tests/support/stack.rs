@@ -1,0 +1,110 @@
+//! A whole installation for end-to-end tests: the Letta stand-in with named agents, a real Synapse,
+//! `letta-matrix serve`, and alice, who is in every agent room.
+
+use std::time::Duration;
+
+use letta_standin::LettaStandin;
+
+use super::chat::{Shown, shown_messages};
+use super::service::{Installation, Served};
+use super::synapse::{Person, Synapse};
+use super::wait::eventually;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Stack {
+    pub letta: LettaStandin,
+    pub synapse: Synapse,
+    pub install: Installation,
+    pub served: Option<Served>,
+    pub alice: Person,
+    pub agents: Vec<Agent>,
+}
+
+pub struct Agent {
+    pub id: String,
+    pub ghost: String,
+    pub room: String,
+}
+
+/// Synapse, the stand-in with `names` as agents, and `serve`; alice is in every agent room.
+pub async fn stack(server: &str, names: &[&str], settings: &[(&str, &str)]) -> Stack {
+    stack_prepared(server, names, settings, |_, _| {}).await
+}
+
+/// As [`stack`], with `prepare` given the stand-in and the agent ids before `serve` starts.
+pub async fn stack_prepared(
+    server: &str,
+    names: &[&str],
+    settings: &[(&str, &str)],
+    prepare: impl FnOnce(&LettaStandin, &[String]),
+) -> Stack {
+    let letta = LettaStandin::start().await;
+    let ids: Vec<String> = names.iter().map(|name| letta.create_agent(name, None)).collect();
+    prepare(&letta, &ids);
+    let mut install = Installation::new(server);
+    install.set("LETTA_MATRIX_LETTA_URL", letta.url());
+    install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
+    install.set("LETTA_MATRIX_INVITE", format!("@alice:{server}"));
+    install.set("LETTA_MATRIX_RELAY_EDIT_INTERVAL_MS", "300");
+    for (key, value) in settings {
+        install.set(key, *value);
+    }
+    install.write_registration().await;
+    let synapse = Synapse::start(server, &[install.registration_path()]).await.unwrap();
+    install.set("LETTA_MATRIX_HOMESERVER_URL", synapse.base_url());
+    let alice = synapse.register_user("alice", "alice-password").await.unwrap();
+    let served = install.serve().await.unwrap();
+    let mut agents = Vec::new();
+    for id in ids {
+        let ghost = format!("@letta_{id}:{server}");
+        let alias = format!("#letta_{id}:{server}");
+        eventually("alice joining the agent's room", PATIENCE, || async {
+            alice.join(&alias).await.ok()
+        })
+        .await;
+        let room = eventually("the agent's room id", PATIENCE, || async {
+            let status = install.status().await;
+            let agent = status["agents"]
+                .as_array()?
+                .iter()
+                .find(|a| a["agent_id"] == id.as_str())?
+                .clone();
+            agent["room_id"].as_str().map(str::to_owned)
+        })
+        .await;
+        agents.push(Agent { id, ghost, room });
+    }
+    Stack {
+        letta,
+        synapse,
+        install,
+        served: Some(served),
+        alice,
+        agents,
+    }
+}
+
+impl Stack {
+    pub async fn shown(&self, room: &str, ghost: &str) -> Vec<Shown> {
+        let events = self.alice.messages(room, 200).await.unwrap();
+        shown_messages(&events, ghost)
+    }
+
+    /// Waits until the ghost shows `count` messages whose latest text is final (`done` says so).
+    pub async fn wait_for_answers(&self, agent: &Agent, count: usize, done: impl Fn(&[Shown]) -> bool) -> Vec<Shown> {
+        eventually("the agent's answers", PATIENCE, || async {
+            let shown = self.shown(&agent.room, &agent.ghost).await;
+            (shown.len() >= count && done(&shown)).then_some(shown)
+        })
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(served) = self.served.take() {
+            assert_eq!(served.terminate().await, Some(0));
+        }
+        self.synapse.stop().await;
+    }
+}
