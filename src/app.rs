@@ -21,8 +21,9 @@ use crate::store::Store;
 use crate::sync::{Reconciler, SharedSyncState};
 use crate::{appservice, ops, registration, telemetry};
 
-/// How long a processed transaction id is remembered; homeservers retry only their latest one.
-const TRANSACTION_ID_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long processed transaction ids (homeservers retry only their latest one) and finished inbox
+/// events (a group room's context reaches back to the agent's last turn) are kept.
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -120,7 +121,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     store.migrate().await.context("cannot apply database migrations")?;
     let state = AppState::new(settings, store, &registration);
     telemetry::spawn_metrics_upkeep(state.metrics.clone());
-    spawn_transaction_pruning(state.store.clone());
+    spawn_pruning(state.store.clone());
 
     let shutdown = ShutdownSignal::new();
     let bind = state.settings.raw.bind;
@@ -191,18 +192,21 @@ fn spawn_server(
     })
 }
 
-fn spawn_transaction_pruning(store: Store) {
+fn spawn_pruning(store: Store) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(3600));
+        let retention_ms = RETENTION.as_millis() as i64;
         loop {
             interval.tick().await;
-            match store
-                .prune_transactions(TRANSACTION_ID_RETENTION.as_millis() as i64)
-                .await
-            {
+            match store.prune_transactions(retention_ms).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(pruned, "forgot old transaction ids"),
                 Err(error) => tracing::warn!(%error, "cannot prune old transaction ids"),
+            }
+            match store.prune_finished_inbox(retention_ms).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "forgot old finished inbox events"),
+                Err(error) => tracing::warn!(%error, "cannot prune old inbox events"),
             }
         }
     });

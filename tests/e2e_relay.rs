@@ -201,21 +201,16 @@ async fn people_not_allowed_get_one_notice_and_letta_never_hears_them() {
 
 #[tokio::test]
 async fn in_a_group_room_the_agent_answers_when_addressed_and_keeps_the_rest_as_context() {
-    let stack = stack("group.test", &["Helper"], &[]).await;
-    let agent = &stack.agents[0];
+    let stack = stack("group.test", &["Helper", "Scribe"], &[]).await;
+    let (helper, scribe) = (&stack.agents[0], &stack.agents[1]);
     let group = stack
         .alice
-        .create_room(json!({"name": "team", "invite": [agent.ghost]}))
+        .create_room(json!({"name": "team", "invite": [helper.ghost, scribe.ghost]}))
         .await
         .unwrap();
-    eventually("the ghost joining the group", PATIENCE, || async {
-        stack
-            .alice
-            .joined_members(&group)
-            .await
-            .unwrap()
-            .contains(&agent.ghost)
-            .then_some(())
+    eventually("both ghosts joining the group", PATIENCE, || async {
+        let members = stack.alice.joined_members(&group).await.unwrap();
+        (members.contains(&helper.ghost) && members.contains(&scribe.ghost)).then_some(())
     })
     .await;
     stack.alice.send_text(&group, "lunch at noon?").await.unwrap();
@@ -225,7 +220,7 @@ async fn in_a_group_room_the_agent_answers_when_addressed_and_keeps_the_rest_as_
         .await
         .unwrap();
     let answers = eventually("the addressed answer", PATIENCE, || async {
-        let shown = stack.shown(&group, &agent.ghost).await;
+        let shown = stack.shown(&group, &helper.ghost).await;
         (!shown.is_empty()).then_some(shown)
     })
     .await;
@@ -234,16 +229,38 @@ async fn in_a_group_room_the_agent_answers_when_addressed_and_keeps_the_rest_as_
         answers[0].content["m.relates_to"]["m.in_reply_to"]["event_id"],
         asked.as_str()
     );
-    let told: Vec<Value> = stack.letta.user_messages(&agent.id);
-    let contents: Vec<&str> = told.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents = |agent_id: &str| -> Vec<String> {
+        stack
+            .letta
+            .user_messages(agent_id)
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
     assert_eq!(
-        contents,
+        contents(&helper.id),
         [
             "alice (@alice:group.test): lunch at noon?",
             "alice (@alice:group.test): helper, what did I just ask?"
         ],
         "the earlier message went along as context"
     );
+
+    stack.alice.send_text(&group, "scribe, note that down").await.unwrap();
+    eventually("the scribe's answer", PATIENCE, || async {
+        (!stack.shown(&group, &scribe.ghost).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        contents(&scribe.id),
+        [
+            "alice (@alice:group.test): lunch at noon?",
+            "alice (@alice:group.test): helper, what did I just ask?",
+            "alice (@alice:group.test): scribe, note that down"
+        ],
+        "the scribe follows the whole conversation, the message the helper answered included"
+    );
+    assert_eq!(contents(&helper.id).len(), 2, "the helper was not addressed again");
     stack.stop().await;
 }
 

@@ -1,5 +1,5 @@
 //! The relay's share of the store, on both real engines: claims and leases, turns, sent messages,
-//! held context, per-room settings and notices.
+//! held context, pruning, per-room settings and notices.
 
 mod support;
 
@@ -15,6 +15,7 @@ on_both_engines!(
     agent_leases_are_exclusive_until_released,
     turns_and_sent_messages_are_remembered,
     held_messages_become_context_since_the_agents_last_turn,
+    finished_rows_are_pruned_and_pending_ones_kept,
     notices_settings_redactions_and_newer_rows,
 );
 
@@ -169,32 +170,61 @@ async fn turns_and_sent_messages_are_remembered(db: TestDatabase) {
 
 async fn held_messages_become_context_since_the_agents_last_turn(db: TestDatabase) {
     let store = db.open().await;
-    with_messages(&store, &[("!g:x", 5)]).await;
-    let mut ids = Vec::new();
-    for (n, state) in ["held", "held", "done", "held"].iter().enumerate() {
+    let mut events: Vec<NewInboxEvent> = (1..=5)
+        .map(|n| event(n, "!g:x", InboxEvent::Message, "{}".into()))
+        .collect();
+    events.push(event(6, "!g:x", InboxEvent::Membership, "{}".into()));
+    events.push(event(7, "!g:x", InboxEvent::Message, "{}".into()));
+    store.record_transaction("t", &events).await.unwrap();
+    // $e3 was answered by agent-x; $e4 came from a ghost (skipped); $e6 is a membership.
+    for (n, state) in ["held", "held", "done", "skipped", "held", "done"].iter().enumerate() {
         let row = store.claim_room_heads("one", 30_000, 1).await.unwrap().remove(0);
         assert_eq!(row.event_id, format!("$e{}", n + 1));
-        if *state == "done" {
+        if n == 2 {
             store.begin_turn(&row, "agent-x", "o").await.unwrap();
         }
         store.finish_claimed(row.id, "one", state, None).await.unwrap();
-        ids.push(row.id);
     }
     let last = store.claim_room_heads("one", 30_000, 1).await.unwrap().remove(0);
     let events = |rows: Vec<letta_matrix::store::InboxRow>| rows.into_iter().map(|r| r.event_id).collect::<Vec<_>>();
     assert_eq!(
         events(store.held_context("!g:x", "agent-x", last.id, 10).await.unwrap()),
-        ["$e4"]
+        ["$e5"],
+        "only what came after agent-x's own turn"
     );
     assert_eq!(
         events(store.held_context("!g:x", "agent-y", last.id, 10).await.unwrap()),
-        ["$e1", "$e2", "$e4"]
+        ["$e1", "$e2", "$e3", "$e5"],
+        "agent-y also hears what agent-x was asked"
     );
     assert_eq!(
         events(store.held_context("!g:x", "agent-y", last.id, 2).await.unwrap()),
-        ["$e2", "$e4"],
+        ["$e3", "$e5"],
         "the newest ones when bounded"
     );
+}
+
+async fn finished_rows_are_pruned_and_pending_ones_kept(db: TestDatabase) {
+    let store = db.open().await;
+    with_messages(&store, &[("!a:x", 2), ("!b:x", 1)]).await;
+    for row in store.claim_room_heads("one", 30_000, 10).await.unwrap() {
+        store.finish_claimed(row.id, "one", "done", None).await.unwrap();
+    }
+    assert_eq!(
+        store.prune_finished_inbox(60_000).await.unwrap(),
+        0,
+        "recent rows are kept"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(store.prune_finished_inbox(1).await.unwrap(), 2);
+    assert!(store.inbox_by_event_id("$e1").await.unwrap().is_none());
+    assert!(store.inbox_by_event_id("$e3").await.unwrap().is_none());
+    let pending = store
+        .inbox_by_event_id("$e2")
+        .await
+        .unwrap()
+        .expect("the pending row stays");
+    assert_eq!(pending.state, "pending");
 }
 
 async fn notices_settings_redactions_and_newer_rows(db: TestDatabase) {

@@ -183,6 +183,17 @@ impl Store {
         Ok(())
     }
 
+    /// Finished rows have served their purpose once they are too old to be a group room's context;
+    /// what redoing a turn needs lives in `relay_turns` and `sent_messages`.
+    pub async fn prune_finished_inbox(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let cutoff = super::now_ms() - older_than_ms;
+        let result = sqlx::query("DELETE FROM inbox WHERE state <> 'pending' AND finished_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Every row, whatever its state: what was ever accepted.
     pub async fn inbox_size(&self) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM inbox")

@@ -284,8 +284,9 @@ impl Store {
         Ok(())
     }
 
-    /// Messages the agent was not addressed by since its last turn in the room, oldest first, at
-    /// most `limit` (the newest ones), all older than `before_id`.
+    /// People's messages in the room since the agent's last turn there, oldest first, at most
+    /// `limit` (the newest ones), all older than `before_id`: those nobody was addressed by and
+    /// those another agent answered, so that the agent follows the whole conversation.
     pub async fn held_context(
         &self,
         room_id: &str,
@@ -295,7 +296,7 @@ impl Store {
     ) -> Result<Vec<InboxRow>, StoreError> {
         let mut rows: Vec<InboxRow> = sqlx::query_as(
             "SELECT id, event_id, room_id, sender, event_type, kind, event_json, txn_id, received_at, state, attempts FROM inbox
-             WHERE room_id = $1 AND state = 'held' AND id < $3
+             WHERE room_id = $1 AND kind = 'message' AND state IN ('held', 'done') AND id < $3
                AND id > COALESCE((SELECT MAX(inbox_id) FROM relay_turns WHERE room_id = $1 AND agent_id = $2 AND inbox_id < $3), 0)
              ORDER BY id DESC LIMIT $4",
         )
