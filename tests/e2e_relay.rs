@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::chat::Shown;
 use support::stack::stack;
 use support::wait::eventually;
