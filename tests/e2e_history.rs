@@ -58,12 +58,14 @@ fn body_text(event: &Value) -> String {
 #[tokio::test]
 async fn the_latest_history_appears_in_order_at_its_original_times() {
     let history = conversation(8);
+    // Reasoning stays out unless `history_include_reasoning`, and does not count against the limit.
+    let thought = ("reasoning", "a private thought".to_owned(), date(8));
     let stack = stack_prepared(
         "history.test",
         &["Veteran"],
         &[("LETTA_MATRIX_HISTORY_IMPORT_LIMIT", "6")],
         |letta, ids| {
-            for (role, text, date) in &history {
+            for (role, text, date) in history.iter().chain([&thought]) {
                 letta.add_history(&ids[0], role, text, date);
             }
         },
@@ -166,5 +168,45 @@ async fn a_kill_during_import_leaves_every_message_exactly_once() {
     let expected: Vec<String> = history.iter().map(|(_, text, _)| text.clone()).collect();
     assert_eq!(texts, expected, "every message once, in order");
     assert_eq!(texts.iter().collect::<HashSet<_>>().len(), 150);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn reasoning_is_imported_as_a_notice_when_asked_for() {
+    let history = [
+        ("user", "hi", date(0)),
+        ("reasoning", "a greeting deserves one back", date(1)),
+        ("assistant", "hello", date(2)),
+    ];
+    let stack = stack_prepared(
+        "thinking.test",
+        &["Thinker"],
+        &[("LETTA_MATRIX_HISTORY_INCLUDE_REASONING", "true")],
+        |letta, ids| {
+            for (role, text, date) in &history {
+                letta.add_history(&ids[0], role, text, date);
+            }
+        },
+    )
+    .await;
+    let agent = &stack.agents[0];
+    let events = eventually("the history imported", PATIENCE, || async {
+        let events = imported(&stack).await;
+        (events.len() >= 3).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 3);
+    let reasoning = &events[1];
+    assert_eq!(reasoning["sender"], agent.ghost.as_str());
+    assert_eq!(reasoning["content"]["msgtype"], "m.notice");
+    assert!(
+        reasoning["content"]["body"]
+            .as_str()
+            .unwrap()
+            .ends_with("a greeting deserves one back"),
+        "{reasoning}"
+    );
+    assert_eq!(reasoning["origin_server_ts"].as_i64(), Some(ms(&date(1))));
+    assert_eq!(body_text(&events[2]), "hello");
     stack.stop().await;
 }

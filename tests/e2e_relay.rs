@@ -426,3 +426,57 @@ async fn a_busy_agent_is_waited_for_without_bothering_anyone() {
     assert_eq!(shown.len(), 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn reasoning_shows_as_a_collapsed_notice_only_where_the_room_asks_for_it() {
+    let stack = stack("reasoning.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let answered = |text: &'static str| {
+        let stack = &stack;
+        async move {
+            eventually("the answer", PATIENCE, || async {
+                let shown = stack.shown(&agent.room, &agent.ghost).await;
+                shown.iter().any(|s| s.body == text).then_some(shown)
+            })
+            .await
+        }
+    };
+    stack.letta.script_reasoning(&agent.id, "The person greets me.");
+    stack.letta.script_reply(&agent.id, "Hello!");
+    stack.alice.send_text(&agent.room, "hi").await.unwrap();
+    let shown = answered("Hello!").await;
+    assert!(
+        shown.iter().all(|s| s.msgtype != "m.notice"),
+        "reasoning is hidden by default: {shown:?}"
+    );
+
+    stack
+        .alice
+        .put_state(
+            &agent.room,
+            "org.lettamatrix.settings",
+            "",
+            json!({"show_reasoning": true}),
+        )
+        .await
+        .unwrap();
+    stack.letta.script_reasoning(&agent.id, "They ask about <the> weather.");
+    stack.letta.script_reply(&agent.id, "Sunny.");
+    stack.alice.send_text(&agent.room, "weather?").await.unwrap();
+    let shown = answered("Sunny.").await;
+    let notices: Vec<&Shown> = shown.iter().filter(|s| s.msgtype == "m.notice").collect();
+    assert_eq!(notices.len(), 1, "{shown:?}");
+    assert_eq!(
+        notices[0].formatted.as_deref(),
+        Some(
+            "<details><summary>Reasoning</summary><pre><code>They ask about &lt;the&gt; weather.</code></pre></details>"
+        )
+    );
+    let position = |event_id: &str| shown.iter().position(|s| s.event_id == event_id).unwrap();
+    let answer = shown.iter().find(|s| s.body == "Sunny.").unwrap();
+    assert!(
+        position(&notices[0].event_id) < position(&answer.event_id),
+        "the reasoning comes before the answer it led to"
+    );
+    stack.stop().await;
+}

@@ -165,6 +165,11 @@ impl LettaStandin {
         self.world().chats.script_reply(agent_id, text);
     }
 
+    /// Queues reasoning the agent streams (and stores) before its next turn's answer.
+    pub fn script_reasoning(&self, agent_id: &str, text: &str) {
+        self.world().chats.script_reasoning(agent_id, text);
+    }
+
     /// How long the agent thinks before its first token, and between tokens.
     pub fn set_latency(&self, agent_id: &str, first_token: Duration, per_token: Duration) {
         self.world().chats.set_latency(agent_id, first_token, per_token);

@@ -33,6 +33,7 @@ pub(crate) struct Chats {
 struct Chat {
     messages: Vec<Value>,
     scripted: VecDeque<String>,
+    scripted_reasoning: VecDeque<String>,
     latency: Option<(Duration, Duration)>,
     in_flight: usize,
     max_in_flight: usize,
@@ -45,6 +46,10 @@ impl Chats {
 
     pub(crate) fn script_reply(&mut self, agent_id: &str, text: &str) {
         self.chat(agent_id).scripted.push_back(text.to_owned());
+    }
+
+    pub(crate) fn script_reasoning(&mut self, agent_id: &str, text: &str) {
+        self.chat(agent_id).scripted_reasoning.push_back(text.to_owned());
     }
 
     pub(crate) fn set_latency(&mut self, agent_id: &str, first_token: Duration, per_token: Duration) {
@@ -91,14 +96,25 @@ fn record(world: &mut World, message_type: &str, content: &str, extra: Value) ->
     message
 }
 
+/// Reasoning keeps its text in `reasoning`, not `content`.
+fn reasoning_message(world: &mut World, text: &str, extra: Value) -> Value {
+    let mut message = record(world, "reasoning_message", "", extra);
+    let fields = message.as_object_mut().expect("a message is an object");
+    fields.remove("content");
+    fields.insert("source".into(), json!("reasoner_model"));
+    fields.insert("reasoning".into(), json!(text));
+    fields.insert("signature".into(), Value::Null);
+    message
+}
+
 /// Appends a message to an agent's history directly, e.g. a conversation from before the bridge.
+/// `role` is `user`, `assistant` or `reasoning`.
 pub(crate) fn add_history(world: &mut World, agent_id: &str, role: &str, text: &str, date: &str) {
-    let message_type = if role == "assistant" {
-        "assistant_message"
-    } else {
-        "user_message"
+    let mut message = match role {
+        "assistant" => record(world, "assistant_message", text, json!({})),
+        "reasoning" => reasoning_message(world, text, json!({})),
+        _ => record(world, "user_message", text, json!({})),
     };
-    let mut message = record(world, message_type, text, json!({}));
     message["date"] = json!(date);
     world.chats.chat(agent_id).messages.push(message);
 }
@@ -135,7 +151,7 @@ pub(crate) async fn send(
 ) -> Response {
     let streaming = body["streaming"].as_bool().unwrap_or(false);
     let stream_tokens = body["stream_tokens"].as_bool().unwrap_or(false);
-    let (answer, latency, chunk_chars, guard) = {
+    let (reasoning, answer, latency, chunk_chars, guard) = {
         let mut locked = world.lock().unwrap();
         if !locked.agents.contains_key(&agent_id) {
             return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
@@ -171,6 +187,11 @@ pub(crate) async fn send(
             .scripted
             .pop_front()
             .unwrap_or_else(|| format!("You said: {last_text}"));
+        let reasoning = chat.scripted_reasoning.pop_front().map(|thought| {
+            let message = reasoning_message(&mut locked, &thought, ids.clone());
+            locked.chats.chat(&agent_id).messages.push(message.clone());
+            message
+        });
         let answer = record(&mut locked, "assistant_message", &text, ids);
         let default_latency = locked.chats.default_latency;
         let chunk_chars = locked.chats.chunk_chars.unwrap_or(DEFAULT_CHUNK_CHARS);
@@ -183,33 +204,41 @@ pub(crate) async fn send(
             world: world.clone(),
             agent_id: agent_id.clone(),
         };
-        (answer, latency, chunk_chars, guard)
+        (reasoning, answer, latency, chunk_chars, guard)
     };
     let usage = json!({"message_type": "usage_statistics", "completion_tokens": 5, "prompt_tokens": 10, "total_tokens": 15, "step_count": 1, "run_ids": null, "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null, "context_tokens": 15});
     let stop = json!({"message_type": "stop_reason", "stop_reason": "end_turn"});
     if !streaming {
         tokio::time::sleep(latency.0).await;
         drop(guard);
+        let messages: Vec<&Value> = reasoning.iter().chain([&answer]).collect();
         return Json(
-            json!({"messages": [answer], "stop_reason": stop, "usage": usage, "logprobs": null, "turns": null}),
+            json!({"messages": messages, "stop_reason": stop, "usage": usage, "logprobs": null, "turns": null}),
         )
         .into_response();
     }
-    let text = answer["content"].as_str().unwrap_or_default().to_owned();
-    let pieces = if stream_tokens {
-        chunks(&text, chunk_chars)
-    } else {
-        vec![text]
+    let pieces = |text: &str| {
+        if stream_tokens {
+            chunks(text, chunk_chars)
+        } else {
+            vec![text.to_owned()]
+        }
     };
     let ping = json!({"id": format!("ping-{}", uuid_like(0)), "date": answer["date"], "name": null, "message_type": "ping", "otid": null, "sender_id": null, "step_id": null, "is_err": null, "seq_id": null, "run_id": answer["run_id"]});
     // (payload, wait before it)
     let mut events: VecDeque<(String, Duration)> = VecDeque::new();
     events.push_back((ping.to_string(), Duration::ZERO));
-    for (index, piece) in pieces.into_iter().enumerate() {
-        let mut chunk = answer.clone();
-        chunk["content"] = json!(piece);
-        let wait = if index == 0 { latency.0 } else { latency.1 };
-        events.push_back((chunk.to_string(), wait));
+    let streamed = reasoning
+        .iter()
+        .map(|message| (message, "reasoning"))
+        .chain([(&answer, "content")]);
+    for (message, field) in streamed {
+        for piece in pieces(message[field].as_str().unwrap_or_default()) {
+            let mut chunk = message.clone();
+            chunk[field] = json!(piece);
+            let wait = if events.len() == 1 { latency.0 } else { latency.1 };
+            events.push_back((chunk.to_string(), wait));
+        }
     }
     events.push_back((stop.to_string(), Duration::ZERO));
     events.push_back((usage.to_string(), Duration::ZERO));

@@ -92,12 +92,18 @@ pub struct LettaMessage {
     pub step_id: Option<String>,
     #[serde(default)]
     pub content: Option<Value>,
+    /// A `reasoning_message` carries its text here instead of in `content`.
+    #[serde(default)]
+    pub reasoning: Option<String>,
 }
 
 impl LettaMessage {
     /// The message's text: Letta sends either a string or a list of typed parts.
     pub fn text(&self) -> String {
-        text_of(self.content.as_ref())
+        match &self.reasoning {
+            Some(reasoning) if self.content.is_none() => reasoning.clone(),
+            _ => text_of(self.content.as_ref()),
+        }
     }
 }
 
@@ -435,5 +441,15 @@ mod tests {
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].text(), "You said: Hello from Matrix");
         assert!(find_turn(&messages, "never-sent").is_none());
+    }
+
+    #[test]
+    fn reasoning_is_read_from_its_own_field() {
+        let message: LettaMessage = serde_json::from_value(serde_json::json!({
+            "id": "message-1", "message_type": "reasoning_message", "source": "reasoner_model",
+            "reasoning": "The person greets me.", "signature": null
+        }))
+        .unwrap();
+        assert_eq!(message.text(), "The person greets me.");
     }
 }
