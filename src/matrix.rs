@@ -84,6 +84,11 @@ impl MatrixError {
         }
     }
 
+    /// Whether trying again later may succeed (the homeserver unreachable, failing or busy).
+    pub fn is_transient(&self) -> bool {
+        self.retry_delay().is_some()
+    }
+
     /// How long to wait before trying again, or `None` when trying again cannot help.
     fn retry_delay(&self) -> Option<Option<Duration>> {
         match self {
@@ -329,6 +334,24 @@ impl MatrixClient {
         let request = send_state_event::v3::Request::new(room_id.to_owned(), state_key, content)
             .map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?;
         Ok(self.send(request, as_user).await?.event_id)
+    }
+
+    /// Sends a state event whose content is JSON read from the room, changed and sent back (e.g.
+    /// power levels, whose typed form depends on the room version).
+    pub async fn send_raw_state(
+        &self,
+        room_id: &RoomId,
+        event_type: StateEventType,
+        state_key: &str,
+        content: &serde_json::Value,
+        as_user: &UserId,
+    ) -> Result<OwnedEventId, MatrixError> {
+        let body = ruma::serde::Raw::from_json(
+            serde_json::value::to_raw_value(content).map_err(|e| MatrixError::Request(IntoHttpError::Json(e)))?,
+        );
+        let request =
+            send_state_event::v3::Request::new_raw(room_id.to_owned(), event_type, state_key.to_owned(), body);
+        Ok(self.send(request, Some(as_user)).await?.event_id)
     }
 
     pub async fn set_display_name(&self, user_id: &UserId, name: &str) -> Result<(), MatrixError> {

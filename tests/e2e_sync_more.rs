@@ -63,6 +63,58 @@ async fn a_person_invites_an_agent_into_a_direct_chat() {
     assert_eq!(served.terminate().await, Some(0));
 }
 
+#[tokio::test]
+async fn people_added_to_invite_later_are_brought_into_the_existing_rooms() {
+    let letta = LettaStandin::start().await;
+    letta.create_agent("Helper", None);
+    let mut install = installation(None, &letta.url(), None).await;
+    install.write_registration().await;
+    let synapse = Synapse::start(SERVER, &[install.registration_path()]).await.unwrap();
+    install.set("LETTA_MATRIX_HOMESERVER_URL", synapse.base_url());
+    let alice = synapse.register_user("alice", "alice-password").await.unwrap();
+    let bob = synapse.register_user("bob", "bob-password").await.unwrap();
+    install.set("LETTA_MATRIX_INVITE", format!("@alice:{SERVER}"));
+    let served = install.serve().await.unwrap();
+    eventually("the agent in Matrix", PATIENCE, || async {
+        (install.status().await["agents"][0]["state"] == "ready").then_some(())
+    })
+    .await;
+    assert_eq!(alice.invites().await.unwrap().len(), 2, "alice: the space and the room");
+    assert!(bob.invites().await.unwrap().is_empty());
+    assert_eq!(served.terminate().await, Some(0));
+
+    install.set("LETTA_MATRIX_INVITE", format!("@alice:{SERVER},@bob:{SERVER}"));
+    let served = install.serve().await.unwrap();
+    let status = install.status().await;
+    let (space, room) = (
+        status["space"].as_str().unwrap().to_owned(),
+        status["agents"][0]["room_id"].as_str().unwrap().to_owned(),
+    );
+    let invited = eventually("bob invited to the space and the room", PATIENCE, || async {
+        let mut rooms: Vec<String> = bob.invites().await.unwrap().into_iter().map(|(room, _)| room).collect();
+        rooms.sort();
+        (rooms.len() == 2).then_some(rooms)
+    })
+    .await;
+    let mut expected = vec![space.clone(), room.clone()];
+    expected.sort();
+    assert_eq!(invited, expected);
+    for room_id in [&space, &room] {
+        bob.join(room_id).await.unwrap();
+        let levels = bob.state(room_id, "m.room.power_levels", "").await.unwrap().unwrap();
+        assert_eq!(levels["users"][format!("@bob:{SERVER}")], 100, "{room_id}: {levels}");
+        assert_eq!(levels["users"][format!("@alice:{SERVER}")], 100, "{room_id}: {levels}");
+    }
+    assert_eq!(served.terminate().await, Some(0));
+
+    // Done once: a restart with the same list invites nobody again.
+    bob.leave(&room).await.unwrap();
+    let served = install.serve().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(bob.invites().await.unwrap().is_empty(), "bob left, and stays out");
+    assert_eq!(served.terminate().await, Some(0));
+}
+
 /// The replica that leads, among several sharing one PostgreSQL database.
 async fn leaders(replicas: &[&Installation]) -> Vec<usize> {
     let mut leading = Vec::new();

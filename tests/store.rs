@@ -14,6 +14,7 @@ on_both_engines!(
     agents_are_found_by_ghost_and_alias,
     agent_rooms_track_joins_and_leaves,
     bridge_room_is_recorded_once,
+    applied_settings_are_replaced,
     old_transaction_ids_are_pruned,
 );
 
@@ -199,6 +200,18 @@ async fn bridge_room_is_recorded_once(db: TestDatabase) {
         store.set_bridge_room("space", "!second:x").await.unwrap().room_id,
         "!first:x"
     );
+}
+
+async fn applied_settings_are_replaced(db: TestDatabase) {
+    let store = db.open().await;
+    assert_eq!(store.applied_setting("invite").await.unwrap(), None);
+    store.set_applied_setting("invite", "@a:x").await.unwrap();
+    store.set_applied_setting("invite", "@a:x\n@b:x").await.unwrap();
+    assert_eq!(
+        store.applied_setting("invite").await.unwrap().as_deref(),
+        Some("@a:x\n@b:x")
+    );
+    assert_eq!(store.applied_setting("other").await.unwrap(), None);
 }
 
 async fn old_transaction_ids_are_pruned(db: TestDatabase) {

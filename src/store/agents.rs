@@ -214,6 +214,28 @@ impl Store {
         Ok(room)
     }
 
+    /// The value of a setting as last carried out in Matrix, if ever.
+    pub async fn applied_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM applied_settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(value,)| value))
+    }
+
+    pub async fn set_applied_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO applied_settings (name, value, applied_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, applied_at = excluded.applied_at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a bridge-owned room once; a second call keeps the first room.
     pub async fn set_bridge_room(&self, name: &str, room_id: &str) -> Result<BridgeRoom, StoreError> {
         sqlx::query(

@@ -5,9 +5,11 @@
 //! Every step is idempotent, so a crash anywhere is finished by the next pass: a ghost that
 //! exists is success, an agent room is found again by its alias rather than created twice.
 
+mod invitees;
 mod provision;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,8 @@ type KnownAgents = Arc<tokio::sync::Mutex<Option<HashMap<String, AgentRecord>>>>
 #[derive(Clone)]
 pub struct Reconciler {
     known: KnownAgents,
+    /// The configured invitees are in every existing room (see `invitees`).
+    invitees_current: Arc<AtomicBool>,
     store: Store,
     matrix: MatrixClient,
     letta: LettaClient,
@@ -81,6 +85,7 @@ impl Reconciler {
     pub fn new(app: &AppState) -> Self {
         Self {
             known: KnownAgents::default(),
+            invitees_current: Arc::default(),
             store: app.store.clone(),
             matrix: app.matrix.clone(),
             letta: app.letta.clone(),
@@ -105,6 +110,9 @@ impl Reconciler {
                 if self.keep_or_take_leadership(&mut leadership).await {
                     if let Err(error) = self.ensure_management_rooms().await {
                         tracing::warn!(%error, "cannot set up the admins' management rooms");
+                    }
+                    if let Err(error) = self.ensure_invitees_everywhere().await {
+                        tracing::warn!(%error, "cannot invite the configured people to the existing rooms");
                     }
                     self.run_pass().await;
                 }

@@ -19,9 +19,9 @@ use crate::letta::Agent;
 use crate::store::AgentRecord;
 
 /// The space's name in `bridge_rooms`.
-const SPACE: &str = "space";
+pub(super) const SPACE: &str = "space";
 /// People and the bot administer every room we create.
-const ADMIN_LEVEL: i64 = 100;
+pub(super) const ADMIN_LEVEL: i64 = 100;
 
 impl Reconciler {
     /// The "Letta Agents" space, created once by the bot.

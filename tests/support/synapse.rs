@@ -320,6 +320,11 @@ impl Person {
         self.call(reqwest::Method::POST, &path, Some(json!({}))).await.map(drop)
     }
 
+    pub async fn leave(&self, room_id: &str) -> anyhow::Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", encode(room_id));
+        self.call(reqwest::Method::POST, &path, Some(json!({}))).await.map(drop)
+    }
+
     pub async fn joined_members(&self, room_id: &str) -> anyhow::Result<Vec<String>> {
         let path = format!("/_matrix/client/v3/rooms/{}/joined_members", encode(room_id));
         let members = self.call(reqwest::Method::GET, &path, None).await?;
