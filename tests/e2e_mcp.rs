@@ -298,7 +298,11 @@ async fn agents_talk_through_matrix_as_themselves_until_the_hop_limit() {
         alpha.id.as_str()
     );
     assert_eq!(from_alpha[0].content["org.lettamatrix.from_agent_name"], "Alpha");
-    let told_beta = &stack.letta.user_messages(&beta.id)[0];
+    // Posted in Matrix first, then relayed: Letta may not have it the moment the room shows it.
+    let told_beta = eventually("alpha's message relayed to beta", PATIENCE, || async {
+        stack.letta.user_messages(&beta.id).into_iter().next()
+    })
+    .await;
     let told = told_beta["content"].as_str().unwrap();
     assert!(
         told.contains("Message from agent Alpha") && told.contains(&alpha.id) && told.ends_with("Hello Beta"),
