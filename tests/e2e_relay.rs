@@ -478,5 +478,31 @@ async fn reasoning_shows_as_a_collapsed_notice_only_where_the_room_asks_for_it()
         position(&notices[0].event_id) < position(&answer.event_id),
         "the reasoning comes before the answer it led to"
     );
+
+    // In a thread, the reasoning stays in the thread with the answer.
+    let root = stack.alice.send_text(&agent.room, "a topic").await.unwrap();
+    answered("You said: alice (@alice:reasoning.test): a topic").await;
+    stack.letta.script_reasoning(&agent.id, "A question in a thread.");
+    stack.letta.script_reply(&agent.id, "Threaded.");
+    stack
+        .alice
+        .send(
+            &agent.room,
+            json!({"msgtype": "m.text", "body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}}}),
+        )
+        .await
+        .unwrap();
+    let shown = answered("Threaded.").await;
+    let threaded: Vec<&Shown> = shown
+        .iter()
+        .filter(|s| s.content["m.relates_to"]["rel_type"] == "m.thread")
+        .collect();
+    assert_eq!(threaded.len(), 2, "{shown:?}");
+    assert_eq!(threaded[0].msgtype, "m.notice");
+    assert!(threaded[0].body.contains("A question in a thread."));
+    assert_eq!(threaded[1].body, "Threaded.");
+    for message in threaded {
+        assert_eq!(message.content["m.relates_to"]["event_id"], root.as_str());
+    }
     stack.stop().await;
 }

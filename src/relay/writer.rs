@@ -144,7 +144,11 @@ impl<'a> ReplyWriter<'a> {
         let Some((_, summary, text)) = self.aside.take() else {
             return Ok(());
         };
-        let content = reply::collapsed_notice(&summary, &text);
+        let mut content = reply::collapsed_notice(&summary, &text);
+        // Reasoning belongs with the answer it leads to: in its thread, when it has one.
+        if self.placement.thread.is_some() {
+            content = reply::place(content, &self.placement);
+        }
         let txn = self.txn(&format!("a{}", self.asides_posted));
         self.asides_posted += 1;
         self.relay
