@@ -506,3 +506,42 @@ async fn reasoning_shows_as_a_collapsed_notice_only_where_the_room_asks_for_it()
     }
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_answer_too_long_for_one_event_continues_in_further_messages() {
+    let stack = stack("long.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    let paragraphs: Vec<String> = (0..30)
+        .map(|n| {
+            format!(
+                "**Paragraph {n}:** {}",
+                "a rather long sentence to fill the page. ".repeat(20).trim()
+            )
+        })
+        .collect();
+    let answer = paragraphs.join("\n\n");
+    // With its HTML, an edit of the whole answer would be over 100 KB: far past 64 KB.
+    assert!(answer.len() > 25_000);
+    stack.letta.script_reply(&agent.id, &answer);
+    stack.letta.set_chunk_chars(700);
+    // Streamed slowly enough to be shown growing, by edits that each carry the text so far.
+    stack
+        .letta
+        .set_latency(&agent.id, Duration::ZERO, Duration::from_millis(20));
+    stack.alice.send_text(&agent.room, "tell me everything").await.unwrap();
+    let shown = stack
+        .wait_for_answers(agent, 1, |shown| {
+            shown
+                .last()
+                .is_some_and(|s| s.body.ends_with(paragraphs.last().unwrap().as_str()))
+        })
+        .await;
+    assert!(shown.len() >= 4, "{} messages", shown.len());
+    let bodies: Vec<&str> = shown.iter().map(|s| s.body.as_str()).collect();
+    assert_eq!(bodies.join("\n\n"), answer, "every word, in order, once");
+    assert!(
+        bodies.iter().all(|body| body.starts_with("**Paragraph ")),
+        "cut between paragraphs"
+    );
+    stack.stop().await;
+}

@@ -157,6 +157,50 @@ pub fn replacement(markdown: &str, original: OwnedEventId) -> RoomMessageEventCo
     text(markdown).make_replacement(ReplacementMetadata::new(original, None))
 }
 
+/// Homeservers refuse events over 65,536 bytes, envelope and signatures included; an edit holds
+/// the text four times (body and HTML, outside and inside `m.new_content`).
+const MAX_CONTENT_BYTES: usize = 56_000;
+/// The longest text of one message; a longer answer continues in the next one.
+const PART_TEXT_BYTES: usize = 8_000;
+
+/// Where an answer too long for one message should end, if it is: at the last paragraph break
+/// (else line break, else space) that leaves a message whose final edit fits in an event. Depends
+/// on the text alone, so a turn redone after a crash splits its answer at the same places.
+pub fn overflow_cut(markdown: &str) -> Option<usize> {
+    // Short text fits whatever its markup; longer text is rendered to be measured.
+    if markdown.len() <= PART_TEXT_BYTES / 4 || (markdown.len() <= PART_TEXT_BYTES && fits(markdown)) {
+        return None;
+    }
+    let mut limit = PART_TEXT_BYTES.min(markdown.len());
+    loop {
+        let cut = break_before(markdown, limit);
+        if cut <= 64 || fits(&markdown[..cut]) {
+            return Some(cut.max(1));
+        }
+        limit = cut / 2;
+    }
+}
+
+fn fits(markdown: &str) -> bool {
+    let original = OwnedEventId::try_from("$size-check").expect("a valid event id");
+    serde_json::to_vec(&replacement(markdown, original)).map_or(false, |json| json.len() <= MAX_CONTENT_BYTES)
+}
+
+/// The end of the last paragraph, line or word that ends at or before `limit` (a character boundary
+/// when the text has none of them), and never at the very start.
+fn break_before(text: &str, limit: usize) -> usize {
+    let mut limit = limit.min(text.len());
+    while !text.is_char_boundary(limit) {
+        limit -= 1;
+    }
+    let head = &text[..limit];
+    ["\n\n", "\n", " "]
+        .iter()
+        .find_map(|separator| head.rfind(separator).filter(|&at| at > limit / 2))
+        .unwrap_or(limit)
+        .max(head.chars().next().map_or(0, char::len_utf8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +257,32 @@ mod tests {
         .unwrap();
         assert_eq!(threaded["m.relates_to"]["rel_type"], "m.thread");
         assert_eq!(threaded["m.relates_to"]["event_id"], "$root");
+    }
+
+    #[test]
+    fn long_answers_are_cut_at_paragraphs_into_messages_that_fit() {
+        assert_eq!(overflow_cut("short"), None);
+        let paragraph = "word ".repeat(200);
+        let long = vec![paragraph.trim(); 12].join("\n\n");
+        let cut = overflow_cut(&long).expect("12 paragraphs of 1 KB are too long for one message");
+        assert!(cut <= PART_TEXT_BYTES);
+        assert_eq!(&long[cut..cut + 2], "\n\n", "cut at a paragraph break");
+        assert!(fits(&long[..cut]));
+        assert_eq!(
+            overflow_cut(&long),
+            Some(cut),
+            "the same text is always cut at the same place"
+        );
+
+        // Text that turns into far more HTML (escaped characters) is cut shorter.
+        let escaped = "<&> ".repeat(2_000);
+        let cut = overflow_cut(&escaped).expect("too long");
+        assert!(fits(&escaped[..cut]) && cut < escaped.len());
+
+        // No breaks at all: cut at a character boundary.
+        let unbroken = "é".repeat(5_000);
+        let cut = overflow_cut(&unbroken).expect("too long");
+        assert!(unbroken.is_char_boundary(cut) && cut <= PART_TEXT_BYTES);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Posts an agent's streamed answer as its ghost: each assistant message of the turn is one Matrix
-//! message ("part"), posted with the first tokens and completed by throttled `m.replace` edits.
+//! message ("part"), posted with the first tokens and completed by throttled `m.replace` edits. An
+//! assistant message too long for one event continues in further parts.
 //!
 //! Every send has a txn id derived from the cause (event, agent, part, edit), so a retried send,
 //! or a whole turn redone after a crash, can never post twice; and every posted part is recorded,
@@ -101,27 +102,45 @@ impl<'a> ReplyWriter<'a> {
         self.last_token_at = Some(Instant::now());
         self.flush_aside().await?;
         if self.parts.last().is_none_or(|part| part.letta_id != letta_id) {
-            if let Some(index) = self.parts.len().checked_sub(1) {
-                self.flush(index, true).await?;
-            }
-            let posted = self
-                .relay
-                .store
-                .sent_by_txn(self.txn(&format!("p{}", self.parts.len())).as_str())
-                .await?;
-            let now = Instant::now();
-            self.parts.push(Part {
-                letta_id: letta_id.to_owned(),
-                text: String::new(),
-                event_id: posted.and_then(|sent| OwnedEventId::try_from(sent.event_id).ok()),
-                shown: String::new(),
-                edits: 0,
-                last_post: now,
-                first_token: now,
-            });
+            self.close_last_part().await?;
+            self.open_part(letta_id, String::new()).await?;
         }
         let part = self.parts.last_mut().expect("a part was just ensured");
         part.text.push_str(delta);
+        // Too long for one event: the part ends at a break, the rest goes on in a new one.
+        while let Some(cut) = reply::overflow_cut(&self.parts.last().expect("a part exists").text) {
+            let part = self.parts.last_mut().expect("a part exists");
+            let rest = part.text.split_off(cut).trim_start().to_owned();
+            self.close_last_part().await?;
+            self.open_part(letta_id, rest).await?;
+        }
+        Ok(())
+    }
+
+    async fn close_last_part(&mut self) -> Result<(), RelayError> {
+        match self.parts.len().checked_sub(1) {
+            Some(index) => self.flush(index, true).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A new part, knowing the event a crashed try of this turn posted for it, if any.
+    async fn open_part(&mut self, letta_id: &str, text: String) -> Result<(), RelayError> {
+        let posted = self
+            .relay
+            .store
+            .sent_by_txn(self.txn(&format!("p{}", self.parts.len())).as_str())
+            .await?;
+        let now = Instant::now();
+        self.parts.push(Part {
+            letta_id: letta_id.to_owned(),
+            text,
+            event_id: posted.and_then(|sent| OwnedEventId::try_from(sent.event_id).ok()),
+            shown: String::new(),
+            edits: 0,
+            last_post: now,
+            first_token: now,
+        });
         Ok(())
     }
 
@@ -181,10 +200,10 @@ impl<'a> ReplyWriter<'a> {
     /// Posts every part in full: the end of the turn.
     pub async fn finish(&mut self) -> Result<(), RelayError> {
         self.flush_aside().await?;
-        if let Some(index) = self.parts.len().checked_sub(1) {
-            self.flush(index, true).await?;
+        if let Some(token_at) = self.last_token_at {
+            metrics::histogram!("letta_matrix_relay_finish_seconds").record(token_at.elapsed().as_secs_f64());
         }
-        Ok(())
+        self.close_last_part().await
     }
 
     async fn flush(&mut self, index: usize, last: bool) -> Result<(), RelayError> {
@@ -194,9 +213,6 @@ impl<'a> ReplyWriter<'a> {
         }
         let text = part.text.clone();
         let letta_id = part.letta_id.clone();
-        if last && let Some(token_at) = self.last_token_at {
-            metrics::histogram!("letta_matrix_relay_finish_seconds").record(token_at.elapsed().as_secs_f64());
-        }
         let (txn, content) = match &part.event_id {
             None => {
                 let mut content = reply::text(&text);
