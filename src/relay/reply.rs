@@ -183,7 +183,7 @@ pub fn overflow_cut(markdown: &str) -> Option<usize> {
 
 fn fits(markdown: &str) -> bool {
     let original = OwnedEventId::try_from("$size-check").expect("a valid event id");
-    serde_json::to_vec(&replacement(markdown, original)).map_or(false, |json| json.len() <= MAX_CONTENT_BYTES)
+    serde_json::to_vec(&replacement(markdown, original)).is_ok_and(|json| json.len() <= MAX_CONTENT_BYTES)
 }
 
 /// The end of the last paragraph, line or word that ends at or before `limit` (a character boundary
@@ -263,7 +263,7 @@ mod tests {
     fn long_answers_are_cut_at_paragraphs_into_messages_that_fit() {
         assert_eq!(overflow_cut("short"), None);
         let paragraph = "word ".repeat(200);
-        let long = vec![paragraph.trim(); 12].join("\n\n");
+        let long = [paragraph.trim(); 12].join("\n\n");
         let cut = overflow_cut(&long).expect("12 paragraphs of 1 KB are too long for one message");
         assert!(cut <= PART_TEXT_BYTES);
         assert_eq!(&long[cut..cut + 2], "\n\n", "cut at a paragraph break");
