@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::letta::{LettaClient, LettaError, LettaMessage};
 use crate::matrix::{MatrixClient, MatrixError};
 use crate::namespace::Namespace;
+use crate::relay::{piece_txn, split_for_events};
 use crate::store::{HistoryImport, Store, StoreError};
 
 /// Marks an imported event, so nothing mistakes it for live conversation.
@@ -214,27 +215,32 @@ impl Importer {
     ) -> Result<ruma::OwnedEventId, ImportError> {
         let text = message.text();
         let marker = json!({"letta_message_id": message.id, "message_type": message.message_type});
-        let (sender, mut content): (&ruma::UserId, Value) = match message.message_type.as_str() {
+        let (sender, markdown, msgtype): (&ruma::UserId, String, &str) = match message.message_type.as_str() {
             "user_message" => {
                 let name = message.name.as_deref().filter(|n| !n.is_empty()).unwrap_or("user");
-                (
-                    self.namespace.bot(),
-                    markdown_content(&format!("**{name}:** {text}"), "m.text"),
-                )
+                (self.namespace.bot(), format!("**{name}:** {text}"), "m.text")
             }
-            "reasoning_message" => (ghost, markdown_content(&format!("_Reasoning:_ {text}"), "m.notice")),
-            _ => (ghost, markdown_content(&text, "m.text")),
+            "reasoning_message" => (ghost, format!("_Reasoning:_ {text}"), "m.notice"),
+            _ => (ghost, text, "m.text"),
         };
-        content[IMPORTED_KEY] = marker;
         let timestamp = message
             .date_ms()
             .and_then(|ms| UInt::new(ms.max(0) as u64))
             .map(MilliSecondsSinceUnixEpoch);
-        let txn = OwnedTransactionId::from(import_txn(agent_id, &message.id));
-        Ok(self
-            .matrix
-            .send_raw_message(room, txn, &content, sender, timestamp)
-            .await?)
+        let txn = import_txn(agent_id, &message.id);
+        // A message too long for one event goes in several, all at its time; the first stands for it.
+        let mut first = None;
+        for (index, piece) in split_for_events(&markdown).into_iter().enumerate() {
+            let mut content = markdown_content(piece, msgtype);
+            content[IMPORTED_KEY] = marker.clone();
+            let txn = OwnedTransactionId::from(piece_txn(&txn, index));
+            let event_id = self
+                .matrix
+                .send_raw_message(room, txn, &content, sender, timestamp)
+                .await?;
+            first.get_or_insert(event_id);
+        }
+        Ok(first.expect("a message has at least one piece"))
     }
 }
 

@@ -210,3 +210,44 @@ async fn reasoning_is_imported_as_a_notice_when_asked_for() {
     assert_eq!(body_text(&events[2]), "hello");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_too_long_for_one_event_is_imported_in_several_at_its_time() {
+    let long: String = (0..45)
+        .map(|n| {
+            format!(
+                "**Part {n}:** {}",
+                "words that make a long message longer. ".repeat(20).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    // Its text and HTML together are over the 64 KiB a homeserver takes in one event.
+    assert!(long.len() > 33_000);
+    let history = [
+        ("user", "write me an essay".to_owned(), date(0)),
+        ("assistant", long.clone(), date(1)),
+    ];
+    let stack = stack_prepared("long-history.test", &["Essayist"], &[], |letta, ids| {
+        for (role, text, date) in &history {
+            letta.add_history(&ids[0], role, text, date);
+        }
+    })
+    .await;
+    let agent = &stack.agents[0];
+    let events = eventually("the history imported", PATIENCE, || async {
+        let events = imported(&stack).await;
+        let last = events.last()?["content"]["body"].as_str()?.to_owned();
+        last.ends_with(long.rsplit("\n\n").next().unwrap()).then_some(events)
+    })
+    .await;
+    let essay = &events[1..];
+    assert!(essay.len() >= 3, "{} events", essay.len());
+    let bodies: Vec<&str> = essay.iter().map(|e| e["content"]["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies.join("\n\n"), long);
+    for event in essay {
+        assert_eq!(event["sender"], agent.ghost.as_str());
+        assert_eq!(event["origin_server_ts"].as_i64(), Some(ms(&date(1))));
+    }
+    stack.stop().await;
+}

@@ -24,7 +24,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
 pub use policy::{AllowRule, is_allowed};
-pub use reply::render_markdown;
+pub use reply::{render_markdown, split_for_events};
+
+/// The txn id of one piece of a message split for size: the first keeps the message's own.
+pub fn piece_txn(txn: &str, index: usize) -> String {
+    match index {
+        0 => txn.to_owned(),
+        n => format!("{txn}-{n}"),
+    }
+}
 
 use crate::app::AppState;
 use crate::config::Settings;
@@ -312,19 +320,21 @@ impl Relay {
         let room_id = parse_room(room)?;
         let asker_ghost = parse_user(&asker.ghost_user_id)?;
         let txn = format!("{}-route", txn_base(&row.event_id, &answerer.agent_id));
-        let message = interagent::Outgoing {
-            text,
-            hops,
-            txn_id: txn.into(),
-        };
-        interagent::post_as_agent(
-            &self.matrix,
-            &room_id,
-            (answerer, answerer_ghost),
-            Some(&asker_ghost),
-            message,
-        )
-        .await?;
+        for (index, piece) in split_for_events(text).into_iter().enumerate() {
+            let message = interagent::Outgoing {
+                text: piece,
+                hops,
+                txn_id: piece_txn(&txn, index).into(),
+            };
+            interagent::post_as_agent(
+                &self.matrix,
+                &room_id,
+                (answerer, answerer_ghost),
+                Some(&asker_ghost),
+                message,
+            )
+            .await?;
+        }
         tracing::info!(
             from = answerer.agent_id,
             to = asker.agent_id,

@@ -181,6 +181,20 @@ pub fn overflow_cut(markdown: &str) -> Option<usize> {
     }
 }
 
+/// `markdown` as messages that each fit in an event, cut where [`overflow_cut`] cuts.
+pub fn split_for_events(markdown: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = markdown;
+    while let Some(cut) = overflow_cut(rest) {
+        pieces.push(&rest[..cut]);
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() || pieces.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
 fn fits(markdown: &str) -> bool {
     let original = OwnedEventId::try_from("$size-check").expect("a valid event id");
     serde_json::to_vec(&replacement(markdown, original)).is_ok_and(|json| json.len() <= MAX_CONTENT_BYTES)
@@ -278,6 +292,12 @@ mod tests {
         let escaped = "<&> ".repeat(2_000);
         let cut = overflow_cut(&escaped).expect("too long");
         assert!(fits(&escaped[..cut]) && cut < escaped.len());
+
+        assert_eq!(
+            split_for_events(&long).concat().len() + 2 * (split_for_events(&long).len() - 1),
+            long.len()
+        );
+        assert_eq!(split_for_events("short"), ["short"]);
 
         // No breaks at all: cut at a character boundary.
         let unbroken = "é".repeat(5_000);
