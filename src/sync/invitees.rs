@@ -25,9 +25,10 @@ impl Reconciler {
         let mut configured: Vec<&str> = self.settings.invite.iter().map(|u| u.as_str()).collect();
         configured.sort_unstable();
         let wanted = configured.join("\n");
+        // Nothing recorded yet: a new installation, whose rooms are made with the list as it is.
         let applied = self.store.applied_setting(APPLIED_INVITES).await?;
-        if applied.as_deref() != Some(wanted.as_str()) {
-            let before: HashSet<&str> = applied.as_deref().unwrap_or_default().lines().collect();
+        if let Some(applied) = applied.filter(|applied| *applied != wanted) {
+            let before: HashSet<&str> = applied.lines().collect();
             let added: Vec<OwnedUserId> = self
                 .settings
                 .invite
@@ -38,8 +39,8 @@ impl Reconciler {
             if !added.is_empty() {
                 self.invite_everywhere(&added).await?;
             }
-            self.store.set_applied_setting(APPLIED_INVITES, &wanted).await?;
         }
+        self.store.set_applied_setting(APPLIED_INVITES, &wanted).await?;
         self.invitees_current.store(true, Ordering::Relaxed);
         Ok(())
     }
