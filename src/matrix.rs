@@ -15,7 +15,7 @@ use ruma::api::{
         },
         alias::get_alias,
         appservice::request_ping,
-        discovery::get_supported_versions,
+        discovery::{get_capabilities, get_supported_versions},
         membership::{invite_user, join_room_by_id_or_alias, joined_members, joined_rooms, leave_room},
         message::{get_message_events, send_message_event},
         profile::set_profile_field,
@@ -440,6 +440,12 @@ impl MatrixClient {
             Err(error) if matches!(error.kind(), Some(ErrorKind::NotFound)) => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// The room version the homeserver gives rooms created without one.
+    pub async fn default_room_version(&self) -> Result<ruma::RoomVersionId, MatrixError> {
+        let response = self.send(get_capabilities::v3::Request::new(), None).await?;
+        Ok(response.capabilities.room_versions.default)
     }
 
     pub async fn joined_rooms(&self, as_user: &UserId) -> Result<Vec<OwnedRoomId>, MatrixError> {

@@ -127,6 +127,7 @@ pub fn classify(raw: &Raw<AnyTimelineEvent>, namespace: &Namespace) -> Option<Ne
         crate::relay::ROOM_SETTINGS_EVENT if !from_us && envelope.state_key.as_deref() == Some("") => {
             InboxEvent::Settings
         }
+        "m.room.tombstone" if envelope.state_key.as_deref() == Some("") => InboxEvent::Upgrade,
         "m.room.member" => {
             let target = envelope
                 .state_key
@@ -227,6 +228,23 @@ mod tests {
         .unwrap();
         assert_eq!(invite.kind, InboxEvent::Membership);
         assert!(classify(&member("@alice:example.org", "@bob:example.org", "join"), &ns).is_none());
+    }
+
+    #[test]
+    fn room_upgrades_are_kept() {
+        let tombstone = |state_key: &str| {
+            event(
+                json!({"type": "m.room.tombstone", "event_id": "$t", "room_id": "!r:example.org", "sender": "@alice:example.org", "state_key": state_key, "origin_server_ts": 1, "content": {"body": "upgraded", "replacement_room": "!new:example.org"}}),
+            )
+        };
+        assert_eq!(
+            classify(&tombstone(""), &namespace()).unwrap().kind,
+            InboxEvent::Upgrade
+        );
+        assert!(
+            classify(&tombstone("other"), &namespace()).is_none(),
+            "not the room's tombstone"
+        );
     }
 
     #[test]

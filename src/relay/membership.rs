@@ -48,11 +48,25 @@ impl Relay {
         match event.content.membership {
             MembershipState::Invite if agent.deleted_at.is_none() && !own_room => {
                 self.matrix.join(event.room_id.clone().into(), target).await?;
-                let kind = if event.content.is_direct { "direct" } else { "group" };
+                // A room the agent already knows keeps its kind: the upgrade of a direct chat is
+                // invited to without `is_direct`, and is a direct chat still.
+                let known = self
+                    .store
+                    .agent_room_kind(event.room_id.as_str(), &agent.agent_id)
+                    .await?;
+                let kind = match known.as_deref() {
+                    Some(kind) => kind,
+                    None if event.content.is_direct => "direct",
+                    None => "group",
+                };
                 self.store
                     .add_agent_room(event.room_id.as_str(), &agent.agent_id, kind)
                     .await?;
                 tracing::info!(agent_id = agent.agent_id, room = %event.room_id, kind, "agent accepted an invite");
+            }
+            // The agent's own room after an upgrade, where nobody had invited the ghost yet.
+            MembershipState::Invite if agent.deleted_at.is_none() => {
+                self.matrix.join(event.room_id.clone().into(), target).await?;
             }
             MembershipState::Leave | MembershipState::Ban if !own_room => {
                 self.store

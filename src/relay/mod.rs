@@ -13,6 +13,7 @@ mod membership;
 mod policy;
 mod reply;
 mod turn;
+mod upgrade;
 mod writer;
 
 use std::collections::HashMap;
@@ -217,6 +218,7 @@ impl Relay {
             Some(InboxEvent::Message) => self.handle_message(row).await,
             Some(InboxEvent::Membership) => self.handle_membership(row).await.map(|()| "done"),
             Some(InboxEvent::Settings) => self.apply_settings(row).await.map(|()| "done"),
+            Some(InboxEvent::Upgrade) => self.follow_upgrade(row).await.map(|()| "done"),
             // A message redacted before its turn is skipped when its turn comes (see
             // `was_redacted`); one already answered keeps its answer.
             Some(InboxEvent::Redaction) => Ok("done"),

@@ -144,6 +144,17 @@ impl Store {
         Ok(())
     }
 
+    /// How the agent came to be in a room it is in (`direct` or `group`), if it is.
+    pub async fn agent_room_kind(&self, room_id: &str, agent_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT kind FROM agent_rooms WHERE room_id = $1 AND agent_id = $2 AND left_at IS NULL")
+                .bind(room_id)
+                .bind(agent_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(kind,)| kind))
+    }
+
     pub async fn mark_agent_room_left(&self, room_id: &str, agent_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE agent_rooms SET left_at = $3 WHERE room_id = $1 AND agent_id = $2")
             .bind(room_id)

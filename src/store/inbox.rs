@@ -18,6 +18,8 @@ pub enum InboxEvent {
     Redaction,
     /// A change of the room's `org.lettamatrix.settings` state.
     Settings,
+    /// A room's `m.room.tombstone`: its agents follow to the replacement room.
+    Upgrade,
 }
 
 impl InboxEvent {
@@ -27,13 +29,20 @@ impl InboxEvent {
             Self::Membership => "membership",
             Self::Redaction => "redaction",
             Self::Settings => "settings",
+            Self::Upgrade => "upgrade",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Message, Self::Membership, Self::Redaction, Self::Settings]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        [
+            Self::Message,
+            Self::Membership,
+            Self::Redaction,
+            Self::Settings,
+            Self::Upgrade,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
     }
 }
 

@@ -381,6 +381,20 @@ impl Store {
         Ok(())
     }
 
+    /// A room's settings carried over to the room that replaces it; settings it has already win.
+    pub async fn copy_room_settings(&self, from_room: &str, to_room: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_settings (room_id, respond_to_all, show_reasoning, updated_at)
+             SELECT $2, respond_to_all, show_reasoning, updated_at FROM room_settings WHERE room_id = $1
+             ON CONFLICT (room_id) DO NOTHING",
+        )
+        .bind(from_room)
+        .bind(to_room)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// True the first time a room asks for the notice `kind`; false ever after.
     pub async fn claim_room_notice(&self, room_id: &str, kind: &str) -> Result<bool, StoreError> {
         let claimed = sqlx::query(

@@ -72,6 +72,8 @@ pub struct Reconciler {
     known: KnownAgents,
     /// The configured invitees are in every existing room (see `invitees`).
     invitees_current: Arc<AtomicBool>,
+    /// The room version the homeserver gives new rooms, once asked.
+    default_room_version: Arc<tokio::sync::OnceCell<ruma::RoomVersionId>>,
     store: Store,
     matrix: MatrixClient,
     letta: LettaClient,
@@ -86,6 +88,7 @@ impl Reconciler {
         Self {
             known: KnownAgents::default(),
             invitees_current: Arc::default(),
+            default_room_version: Arc::default(),
             store: app.store.clone(),
             matrix: app.matrix.clone(),
             letta: app.letta.clone(),

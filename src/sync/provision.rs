@@ -36,7 +36,7 @@ impl Reconciler {
         request.room_alias_name = Some(alias_localpart.clone());
         request.preset = Some(RoomPreset::PrivateChat);
         request.invite = self.settings.invite.clone();
-        request.power_level_content_override = Some(self.admin_power_levels(&[])?);
+        request.power_level_content_override = Some(self.admin_power_levels(self.namespace.bot(), &[]).await?);
         let mut creation = CreationContent::new();
         creation.room_type = Some(RoomType::Space);
         request.creation_content = Some(Raw::new(&creation).map_err(invalid)?);
@@ -135,7 +135,10 @@ impl Reconciler {
         request.invite = std::iter::once(self.namespace.bot().to_owned())
             .chain(self.settings.invite.iter().cloned())
             .collect();
-        request.power_level_content_override = Some(self.admin_power_levels(&[self.namespace.bot().to_owned()])?);
+        request.power_level_content_override = Some(
+            self.admin_power_levels(ghost, &[self.namespace.bot().to_owned()])
+                .await?,
+        );
         let mut parent = SpaceParentEventContent::new(vec![self.settings.server_name.clone()]);
         parent.canonical = true;
         request.initial_state = vec![InitialStateEvent::new(space.to_owned(), parent).to_raw_any()];
@@ -174,14 +177,32 @@ impl Reconciler {
         }
     }
 
-    /// Power level 100 for the configured people and `extra` users. The creator is left out: in
-    /// room version 12 creators outrank every level and may not be listed.
-    fn admin_power_levels(&self, extra: &[OwnedUserId]) -> Result<Raw<RoomPowerLevelsContentOverride>, SyncError> {
+    /// Power level 100 for the configured people and `extra` users. From room version 12 on,
+    /// creators outrank every level and may not be listed; before it, the creator must be listed,
+    /// or the override would leave it powerless in its own room.
+    async fn admin_power_levels(
+        &self,
+        creator: &UserId,
+        extra: &[OwnedUserId],
+    ) -> Result<Raw<RoomPowerLevelsContentOverride>, SyncError> {
         let mut levels = RoomPowerLevelsContentOverride::new();
-        for user in self.settings.invite.iter().chain(extra) {
+        let creator_listed = (!self.creators_outrank_levels().await?).then(|| creator.to_owned());
+        for user in self.settings.invite.iter().chain(extra).chain(creator_listed.iter()) {
             levels.users.insert(user.clone(), Int::from(ADMIN_LEVEL as i32));
         }
         Raw::new(&levels).map_err(invalid)
+    }
+
+    /// Whether the rooms we create (in the homeserver's default room version) privilege their
+    /// creators. Asked once; versions newer than this build knows are taken to.
+    async fn creators_outrank_levels(&self) -> Result<bool, SyncError> {
+        let version = self
+            .default_room_version
+            .get_or_try_init(|| self.matrix.default_room_version())
+            .await?;
+        Ok(version
+            .rules()
+            .is_none_or(|rules| rules.authorization.explicitly_privilege_room_creators))
     }
 
     /// An existing room follows the agent: the ghost is back in it (after an undelete), and a

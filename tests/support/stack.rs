@@ -39,6 +39,26 @@ pub async fn stack_prepared(
     settings: &[(&str, &str)],
     prepare: impl FnOnce(&LettaStandin, &[String]),
 ) -> Stack {
+    build(server, names, settings, prepare, serde_json::json!({})).await
+}
+
+/// As [`stack`], on a Synapse with `synapse_config` added to its test configuration.
+pub async fn stack_on_synapse(
+    server: &str,
+    names: &[&str],
+    settings: &[(&str, &str)],
+    synapse_config: serde_json::Value,
+) -> Stack {
+    build(server, names, settings, |_, _| {}, synapse_config).await
+}
+
+async fn build(
+    server: &str,
+    names: &[&str],
+    settings: &[(&str, &str)],
+    prepare: impl FnOnce(&LettaStandin, &[String]),
+    synapse_config: serde_json::Value,
+) -> Stack {
     let letta = LettaStandin::start().await;
     let ids: Vec<String> = names.iter().map(|name| letta.create_agent(name, None)).collect();
     prepare(&letta, &ids);
@@ -52,7 +72,9 @@ pub async fn stack_prepared(
         install.set(key, *value);
     }
     install.write_registration().await;
-    let synapse = Synapse::start(server, &[install.registration_path()]).await.unwrap();
+    let synapse = Synapse::start_with(server, &[install.registration_path()], synapse_config)
+        .await
+        .unwrap();
     install.set("LETTA_MATRIX_HOMESERVER_URL", synapse.base_url());
     let alice = synapse.register_user("alice", "alice-password").await.unwrap();
     let served = install.serve().await.unwrap();

@@ -33,9 +33,14 @@ pub fn free_port() -> u16 {
 impl Synapse {
     /// Starts Synapse with the given appservice registration files and waits until it answers.
     pub async fn start(server_name: &str, appservice_files: &[PathBuf]) -> anyhow::Result<Self> {
+        Self::start_with(server_name, appservice_files, json!({})).await
+    }
+
+    /// As [`Synapse::start`], with `extra` keys added to (or replacing) the test configuration.
+    pub async fn start_with(server_name: &str, appservice_files: &[PathBuf], extra: Value) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        write_config(dir.path(), server_name, port, appservice_files)?;
+        write_config(dir.path(), server_name, port, appservice_files, extra)?;
         let mut synapse = Self {
             dir,
             port,
@@ -174,9 +179,15 @@ impl Drop for Synapse {
     }
 }
 
-fn write_config(dir: &Path, server_name: &str, port: u16, appservice_files: &[PathBuf]) -> anyhow::Result<()> {
+fn write_config(
+    dir: &Path,
+    server_name: &str,
+    port: u16,
+    appservice_files: &[PathBuf],
+    extra: Value,
+) -> anyhow::Result<()> {
     let generous = json!({"per_second": 1000, "burst_count": 10000});
-    let config = json!({
+    let mut config = json!({
         "server_name": server_name,
         "pid_file": dir.join("homeserver.pid"),
         "listeners": [{
@@ -208,6 +219,9 @@ fn write_config(dir: &Path, server_name: &str, port: u16, appservice_files: &[Pa
         "rc_invites": {"per_room": generous, "per_user": generous, "per_issuer": generous},
         "rc_admin_redaction": generous,
     });
+    if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        config.extend(extra);
+    }
     // JSON is YAML, and serde_json needs no extra dependency here.
     std::fs::write(dir.join("homeserver.yaml"), serde_json::to_string_pretty(&config)?)?;
     let log_config = format!(
@@ -318,6 +332,15 @@ impl Person {
     pub async fn join(&self, room_id_or_alias: &str) -> anyhow::Result<()> {
         let path = format!("/_matrix/client/v3/join/{}", encode(room_id_or_alias));
         self.call(reqwest::Method::POST, &path, Some(json!({}))).await.map(drop)
+    }
+
+    /// Upgrades a room to `version`; returns the replacement room's id.
+    pub async fn upgrade_room(&self, room_id: &str, version: &str) -> anyhow::Result<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/upgrade", encode(room_id));
+        let answer = self
+            .call(reqwest::Method::POST, &path, Some(json!({"new_version": version})))
+            .await?;
+        Ok(answer["replacement_room"].as_str().unwrap_or_default().to_owned())
     }
 
     pub async fn leave(&self, room_id: &str) -> anyhow::Result<()> {
