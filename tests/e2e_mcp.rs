@@ -134,6 +134,37 @@ async fn every_tool_works_as_the_calling_agent_and_bad_arguments_are_explained()
     );
     assert_eq!(last["event_id"], posted["event_id"]);
 
+    // Longer than one event can carry: posted as several messages, the first one's id returned.
+    let essay: String = (0..45)
+        .map(|n| {
+            format!(
+                "**Note {n}:** {}",
+                "a thought worth keeping for later. ".repeat(20).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let long = call(
+        &client,
+        "matrix_send_message",
+        json!({"room_id": alpha.room, "message": essay}),
+    )
+    .await
+    .unwrap();
+    let read = call(&client, "matrix_read_room", json!({"room_id": alpha.room, "limit": 10}))
+        .await
+        .unwrap();
+    let essay_parts: Vec<&Value> = read["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["body"].as_str().unwrap().starts_with("**Note "))
+        .collect();
+    assert!(essay_parts.len() >= 3, "{read}");
+    assert_eq!(essay_parts[0]["event_id"], long["event_id"]);
+    let bodies: Vec<&str> = essay_parts.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert!(bodies.join("\n\n") == essay, "the pieces make up the whole message");
+
     let rooms = call(&client, "matrix_list_rooms", json!({})).await.unwrap();
     let own = rooms["rooms"]
         .as_array()

@@ -252,11 +252,12 @@ impl AgentTools {
             return Err(invalid("message is empty"));
         }
         self.ensure_in_room(&room, &my_ghost).await?;
-        let content = interagent::content(&me, &args.message, 1);
-        let event_id = self
-            .app
-            .matrix
-            .send_raw_message(&room, ruma::TransactionId::new(), &content, &my_ghost, None)
+        let message = interagent::Outgoing {
+            text: &args.message,
+            hops: 1,
+            txn_id: ruma::TransactionId::new(),
+        };
+        let event_id = interagent::post(&self.app.matrix, &room, (&me, &my_ghost), message)
             .await
             .map_err(|e| failed("cannot post the message", e))?;
         answer(json!({"event_id": event_id, "room_id": room}))

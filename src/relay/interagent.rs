@@ -114,10 +114,27 @@ pub async fn post_as_agent(
     message: Outgoing<'_>,
 ) -> Result<OwnedEventId, MatrixError> {
     ensure_member(matrix, room_id, from_ghost, inviter).await?;
-    let content = content(from, message.text, message.hops);
-    matrix
-        .send_raw_message(room_id, message.txn_id, &content, from_ghost, None)
-        .await
+    post(matrix, room_id, (from, from_ghost), message).await
+}
+
+/// Posts a message as `from`'s ghost into a room it is in. A text too long for one event goes in
+/// several messages; the first one's id stands for them.
+pub async fn post(
+    matrix: &MatrixClient,
+    room_id: &RoomId,
+    (from, from_ghost): (&AgentRecord, &UserId),
+    message: Outgoing<'_>,
+) -> Result<OwnedEventId, MatrixError> {
+    let mut first = None;
+    for (index, piece) in reply::split_for_events(message.text).into_iter().enumerate() {
+        let content = content(from, piece, message.hops);
+        let txn = OwnedTransactionId::from(super::piece_txn(message.txn_id.as_str(), index));
+        let event_id = matrix
+            .send_raw_message(room_id, txn, &content, from_ghost, None)
+            .await?;
+        first.get_or_insert(event_id);
+    }
+    Ok(first.expect("a message has at least one piece"))
 }
 
 #[cfg(test)]

@@ -322,21 +322,19 @@ impl Relay {
         let room_id = parse_room(room)?;
         let asker_ghost = parse_user(&asker.ghost_user_id)?;
         let txn = format!("{}-route", txn_base(&row.event_id, &answerer.agent_id));
-        for (index, piece) in split_for_events(text).into_iter().enumerate() {
-            let message = interagent::Outgoing {
-                text: piece,
-                hops,
-                txn_id: piece_txn(&txn, index).into(),
-            };
-            interagent::post_as_agent(
-                &self.matrix,
-                &room_id,
-                (answerer, answerer_ghost),
-                Some(&asker_ghost),
-                message,
-            )
-            .await?;
-        }
+        let message = interagent::Outgoing {
+            text,
+            hops,
+            txn_id: txn.into(),
+        };
+        interagent::post_as_agent(
+            &self.matrix,
+            &room_id,
+            (answerer, answerer_ghost),
+            Some(&asker_ghost),
+            message,
+        )
+        .await?;
         tracing::info!(
             from = answerer.agent_id,
             to = asker.agent_id,
