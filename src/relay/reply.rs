@@ -164,21 +164,42 @@ const MAX_CONTENT_BYTES: usize = 56_000;
 const PART_TEXT_BYTES: usize = 8_000;
 
 /// Where an answer too long for one message should end, if it is: at the last paragraph break
-/// (else line break, else space) that leaves a message whose final edit fits in an event. Depends
-/// on the text alone, so a turn redone after a crash splits its answer at the same places.
+/// (else line break, else space) within the longest prefix that may be one message (at most
+/// `PART_TEXT_BYTES`, and whose final edit fits in an event). That prefix depends on the text up to
+/// it alone, so an answer streamed in pieces and the same answer recovered whole after a crash are
+/// cut at the same places, and a redone turn's parts match the ones it posted before.
 pub fn overflow_cut(markdown: &str) -> Option<usize> {
     // Short text fits whatever its markup; longer text is rendered to be measured.
     if markdown.len() <= PART_TEXT_BYTES / 4 || (markdown.len() <= PART_TEXT_BYTES && fits(markdown)) {
         return None;
     }
-    let mut limit = PART_TEXT_BYTES.min(markdown.len());
-    loop {
-        let cut = break_before(markdown, limit);
-        if cut <= 64 || fits(&markdown[..cut]) {
-            return Some(cut.max(1));
+    let mut longest = char_floor(markdown, PART_TEXT_BYTES);
+    if !fits(&markdown[..longest]) {
+        // The longest prefix that fits, by bisection: markup only grows with the text.
+        let (mut good, mut bad) = (0, longest);
+        loop {
+            let middle = char_floor(markdown, good + (bad - good) / 2);
+            if middle <= good {
+                break;
+            }
+            if fits(&markdown[..middle]) {
+                good = middle;
+            } else {
+                bad = middle;
+            }
         }
-        limit = cut / 2;
+        longest = good;
     }
+    Some(break_before(markdown, longest))
+}
+
+/// The largest character boundary at or before `at`.
+fn char_floor(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// `markdown` as messages that each fit in an event, cut where [`overflow_cut`] cuts.
@@ -203,10 +224,7 @@ fn fits(markdown: &str) -> bool {
 /// The end of the last paragraph, line or word that ends at or before `limit` (a character boundary
 /// when the text has none of them), and never at the very start.
 fn break_before(text: &str, limit: usize) -> usize {
-    let mut limit = limit.min(text.len());
-    while !text.is_char_boundary(limit) {
-        limit -= 1;
-    }
+    let limit = char_floor(text, limit);
     let head = &text[..limit];
     ["\n\n", "\n", " "]
         .iter()
@@ -287,11 +305,35 @@ mod tests {
             Some(cut),
             "the same text is always cut at the same place"
         );
+        for streamed in [8_001, 9_000, long.len()] {
+            assert_eq!(
+                overflow_cut(&long[..streamed]),
+                Some(cut),
+                "cut where the whole text is cut, however much of it has arrived ({streamed} bytes)"
+            );
+        }
 
         // Text that turns into far more HTML (escaped characters) is cut shorter.
         let escaped = "<&> ".repeat(2_000);
         let cut = overflow_cut(&escaped).expect("too long");
         assert!(fits(&escaped[..cut]) && cut < escaped.len());
+        // The shortest prefix that needs a cut, as streaming first meets it (needing one only
+        // grows with the text, so bisection finds it).
+        let (mut fitting, mut first_too_long) = (0, escaped.len());
+        while first_too_long - fitting > 1 {
+            let middle = (fitting + first_too_long) / 2;
+            match overflow_cut(&escaped[..middle]) {
+                Some(_) => first_too_long = middle,
+                None => fitting = middle,
+            }
+        }
+        for streamed in [first_too_long, first_too_long + 100] {
+            assert_eq!(
+                overflow_cut(&escaped[..streamed]),
+                Some(cut),
+                "streamed ({streamed} bytes), it is cut where it is cut whole"
+            );
+        }
 
         assert_eq!(
             split_for_events(&long).concat().len() + 2 * (split_for_events(&long).len() - 1),
