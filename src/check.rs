@@ -116,6 +116,21 @@ async fn check_homeserver(settings: &Settings, matrix: &MatrixClient, report: &m
             );
         }
     }
+    match matrix.default_room_version().await {
+        Ok(version) => {
+            let creators = match version.rules() {
+                Some(rules) if !rules.authorization.explicitly_privilege_room_creators => {
+                    "creators are listed at power level 100"
+                }
+                _ => "creators outrank every power level",
+            };
+            report.pass("room version", format!("new rooms are version {version}; {creators}"));
+        }
+        Err(error) => report.fail(
+            "room version",
+            format!("{error}; agent sync reads /capabilities to make rooms: does the homeserver allow it for the appservice bot?"),
+        ),
+    }
     match matrix.ping(&settings.raw.appservice_id).await {
         Ok(duration) => report.pass(
             "appservice ping",

@@ -154,6 +154,7 @@ async fn ping_round_trips_and_check_sees_the_chain() {
         "ok   registration",
         "ok   homeserver",
         "ok   appservice token",
+        "ok   room version: new rooms are version 12; creators outrank every power level",
         "ok   appservice ping",
     ] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
