@@ -35,6 +35,21 @@ fn conversation(count: usize) -> Vec<(&'static str, String, String)> {
         .collect()
 }
 
+/// A stack whose one agent, `name`, has `history` (role, text, date) in Letta before `serve` starts.
+async fn stack_with_history(
+    server: &str,
+    name: &str,
+    settings: &[(&str, &str)],
+    history: &[(&str, String, String)],
+) -> Stack {
+    stack_prepared(server, &[name], settings, |letta, ids| {
+        for (role, text, date) in history {
+            letta.add_history(&ids[0], role, text, date);
+        }
+    })
+    .await
+}
+
 /// The imported events alice sees in the agent's room, oldest first.
 async fn imported(stack: &Stack) -> Vec<Value> {
     let room = &stack.agents[0].room;
@@ -60,15 +75,12 @@ async fn the_latest_history_appears_in_order_at_its_original_times() {
     let history = conversation(8);
     // Reasoning stays out unless `history_include_reasoning`, and does not count against the limit.
     let thought = ("reasoning", "a private thought".to_owned(), date(8));
-    let stack = stack_prepared(
+    let with_thought: Vec<_> = history.iter().cloned().chain([thought]).collect();
+    let stack = stack_with_history(
         "history.test",
-        &["Veteran"],
+        "Veteran",
         &[("LETTA_MATRIX_HISTORY_IMPORT_LIMIT", "6")],
-        |letta, ids| {
-            for (role, text, date) in history.iter().chain([&thought]) {
-                letta.add_history(&ids[0], role, text, date);
-            }
-        },
+        &with_thought,
     )
     .await;
     let agent = &stack.agents[0];
@@ -142,12 +154,7 @@ async fn the_latest_history_appears_in_order_at_its_original_times() {
 #[tokio::test]
 async fn a_kill_during_import_leaves_every_message_exactly_once() {
     let history = conversation(150);
-    let mut stack = stack_prepared("resume.test", &["Talkative"], &[], |letta, ids| {
-        for (role, text, date) in &history {
-            letta.add_history(&ids[0], role, text, date);
-        }
-    })
-    .await;
+    let mut stack = stack_with_history("resume.test", "Talkative", &[], &history).await;
     let partial = eventually("the import under way", PATIENCE, || async {
         let count = imported(&stack).await.len();
         (count >= 5).then_some(count)
@@ -174,19 +181,15 @@ async fn a_kill_during_import_leaves_every_message_exactly_once() {
 #[tokio::test]
 async fn reasoning_is_imported_as_a_notice_when_asked_for() {
     let history = [
-        ("user", "hi", date(0)),
-        ("reasoning", "a greeting deserves one back", date(1)),
-        ("assistant", "hello", date(2)),
+        ("user", "hi".to_owned(), date(0)),
+        ("reasoning", "a greeting deserves one back".to_owned(), date(1)),
+        ("assistant", "hello".to_owned(), date(2)),
     ];
-    let stack = stack_prepared(
+    let stack = stack_with_history(
         "thinking.test",
-        &["Thinker"],
+        "Thinker",
         &[("LETTA_MATRIX_HISTORY_INCLUDE_REASONING", "true")],
-        |letta, ids| {
-            for (role, text, date) in &history {
-                letta.add_history(&ids[0], role, text, date);
-            }
-        },
+        &history,
     )
     .await;
     let agent = &stack.agents[0];
@@ -228,12 +231,7 @@ async fn a_message_too_long_for_one_event_is_imported_in_several_at_its_time() {
         ("user", "write me an essay".to_owned(), date(0)),
         ("assistant", long.clone(), date(1)),
     ];
-    let stack = stack_prepared("long-history.test", &["Essayist"], &[], |letta, ids| {
-        for (role, text, date) in &history {
-            letta.add_history(&ids[0], role, text, date);
-        }
-    })
-    .await;
+    let stack = stack_with_history("long-history.test", "Essayist", &[], &history).await;
     let agent = &stack.agents[0];
     let events = eventually("the history imported", PATIENCE, || async {
         let events = imported(&stack).await;

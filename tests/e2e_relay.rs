@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::chat::Shown;
-use support::stack::stack;
+use support::stack::{Stack, stack};
 use support::wait::eventually;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -21,6 +21,20 @@ fn texts(shown: &[Shown]) -> Vec<&str> {
 }
 
 const SEND_ROUTE: &str = "POST /v1/agents/{agent_id}/messages";
+
+/// Alice writes `body` in the thread of `root`, as Element does.
+async fn say_in_thread(stack: &Stack, room: &str, root: &str, body: &str) {
+    let relation =
+        json!({"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}});
+    stack
+        .alice
+        .send(
+            room,
+            json!({"msgtype": "m.text", "body": body, "m.relates_to": relation}),
+        )
+        .await
+        .unwrap();
+}
 
 #[tokio::test]
 async fn a_person_sees_a_streamed_formatted_answer_with_typing_and_a_read_receipt() {
@@ -381,14 +395,7 @@ async fn images_are_described_and_threads_are_answered_in_thread() {
     stack
         .wait_for_answers(agent, 2, |s| s[1].body.ends_with("a topic"))
         .await;
-    stack
-        .alice
-        .send(
-            &agent.room,
-            json!({"msgtype": "m.text", "body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}}}),
-        )
-        .await
-        .unwrap();
+    say_in_thread(&stack, &agent.room, &root, "in the thread").await;
     let shown = stack
         .wait_for_answers(agent, 3, |s| s[2].body.ends_with("in the thread"))
         .await;
@@ -484,14 +491,7 @@ async fn reasoning_shows_as_a_collapsed_notice_only_where_the_room_asks_for_it()
     answered("You said: alice (@alice:reasoning.test): a topic").await;
     stack.letta.script_reasoning(&agent.id, "A question in a thread.");
     stack.letta.script_reply(&agent.id, "Threaded.");
-    stack
-        .alice
-        .send(
-            &agent.room,
-            json!({"msgtype": "m.text", "body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": {"event_id": root}}}),
-        )
-        .await
-        .unwrap();
+    say_in_thread(&stack, &agent.room, &root, "in the thread").await;
     let shown = answered("Threaded.").await;
     let threaded: Vec<&Shown> = shown
         .iter()
