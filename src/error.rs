@@ -1,5 +1,6 @@
-//! The one error type of the HTTP side: every failure becomes Matrix error JSON, built with
-//! ruma's error types so the shape is the spec's.
+//! The two error types: `AppError` for the HTTP side, where every failure becomes Matrix error
+//! JSON built with ruma's error types so the shape is the spec's; `WorkError` for the background
+//! workers (sync, relay, history import), which share their failures.
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -8,7 +9,25 @@ use ruma::api::{
     error::{Error as RumaError, ErrorBody, ErrorKind, StandardErrorBody},
 };
 
+use crate::letta::LettaError;
+use crate::matrix::MatrixError;
 use crate::store::StoreError;
+
+/// What stops a piece of background work (a sync pass, a relay turn, a history import): the
+/// worker logs it and tries again later, or tells the room.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("Letta: {0}")]
+    Letta(#[from] LettaError),
+    #[error("homeserver: {0}")]
+    Matrix(#[from] MatrixError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("another worker took over this work")]
+    LeaseLost,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

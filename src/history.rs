@@ -15,30 +15,17 @@ use tokio::sync::Notify;
 
 use crate::app::AppState;
 use crate::config::Settings;
-use crate::letta::{LettaClient, LettaError, LettaMessage};
-use crate::matrix::{MatrixClient, MatrixError};
+use crate::error::WorkError;
+use crate::letta::{LettaClient, LettaMessage};
+use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
 use crate::relay::{piece_txn, split_for_events};
-use crate::store::{HistoryImport, Store, StoreError};
+use crate::store::{HistoryImport, Store};
 
 /// Marks an imported event, so nothing mistakes it for live conversation.
 pub const IMPORTED_KEY: &str = "org.lettamatrix.imported";
 const LEASE_MS: i64 = 60_000;
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("Letta: {0}")]
-    Letta(#[from] LettaError),
-    #[error("homeserver: {0}")]
-    Matrix(#[from] MatrixError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("another worker took over this import")]
-    LeaseLost,
-}
 
 #[derive(Clone)]
 pub struct Importer {
@@ -82,7 +69,7 @@ impl Importer {
     }
 
     /// Runs the oldest requested import, if any; true when there was one.
-    pub async fn run_next(&self) -> Result<bool, ImportError> {
+    pub async fn run_next(&self) -> Result<bool, WorkError> {
         let Some(import) = self.store.claim_history_import(&self.owner, LEASE_MS).await? else {
             return Ok(false);
         };
@@ -95,7 +82,7 @@ impl Importer {
                 tracing::info!(agent_id, imported, "history import finished");
                 Ok(true)
             }
-            Err(ImportError::LeaseLost) => Ok(true),
+            Err(WorkError::LeaseLost) => Ok(true),
             Err(error) => {
                 self.store
                     .finish_history_import(&agent_id, &self.owner, "failed", Some(&error.to_string()))
@@ -106,19 +93,19 @@ impl Importer {
     }
 
     /// Imports what is left of `import`; returns how many messages this run posted.
-    async fn run(&self, import: &HistoryImport) -> Result<usize, ImportError> {
+    async fn run(&self, import: &HistoryImport) -> Result<usize, WorkError> {
         let agent = self
             .store
             .agent(&import.agent_id)
             .await?
-            .ok_or_else(|| ImportError::Invalid(format!("no agent {}", import.agent_id)))?;
+            .ok_or_else(|| WorkError::Invalid(format!("no agent {}", import.agent_id)))?;
         let room = agent
             .room_id
             .as_deref()
-            .ok_or_else(|| ImportError::Invalid(format!("agent {} has no room yet", agent.agent_id)))?;
-        let room = OwnedRoomId::try_from(room).map_err(|e| ImportError::Invalid(e.to_string()))?;
+            .ok_or_else(|| WorkError::Invalid(format!("agent {} has no room yet", agent.agent_id)))?;
+        let room = OwnedRoomId::try_from(room).map_err(|e| WorkError::Invalid(e.to_string()))?;
         let ghost =
-            OwnedUserId::try_from(agent.ghost_user_id.as_str()).map_err(|e| ImportError::Invalid(e.to_string()))?;
+            OwnedUserId::try_from(agent.ghost_user_id.as_str()).map_err(|e| WorkError::Invalid(e.to_string()))?;
         let with_reasoning = self.settings.raw.history_include_reasoning;
         let plan = self
             .letta
@@ -187,14 +174,14 @@ impl Importer {
                 .advance_history_import(&agent.agent_id, &self.owner, &message.id, LEASE_MS)
                 .await?
             {
-                return Err(ImportError::LeaseLost);
+                return Err(WorkError::LeaseLost);
             }
         }
         metrics::histogram!("letta_matrix_history_import_seconds").record(started.elapsed().as_secs_f64());
         Ok(posted)
     }
 
-    async fn already_in_matrix(&self, message: &LettaMessage) -> Result<bool, ImportError> {
+    async fn already_in_matrix(&self, message: &LettaMessage) -> Result<bool, WorkError> {
         if self.store.letta_message_in_matrix(&message.id).await? {
             return Ok(true);
         }
@@ -212,7 +199,7 @@ impl Importer {
         ghost: &OwnedUserId,
         agent_id: &str,
         message: &LettaMessage,
-    ) -> Result<ruma::OwnedEventId, ImportError> {
+    ) -> Result<ruma::OwnedEventId, WorkError> {
         let text = message.text();
         let marker = json!({"letta_message_id": message.id, "message_type": message.message_type});
         let (sender, markdown, msgtype): (&ruma::UserId, String, &str) = match message.message_type.as_str() {

@@ -4,7 +4,7 @@
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::incoming::Incoming;
-use super::{Relay, RelayError, reply, short_hash};
+use super::{Relay, WorkError, reply, short_hash};
 use crate::store::InboxRow;
 use crate::sync::MANAGEMENT_PREFIX;
 
@@ -18,7 +18,7 @@ const HELP: &str = "Commands:
 
 impl Relay {
     /// Whether `room_id` is a management room (one `bridge_rooms` row per admin).
-    pub(super) async fn is_management_room(&self, room_id: &str) -> Result<bool, RelayError> {
+    pub(super) async fn is_management_room(&self, room_id: &str) -> Result<bool, WorkError> {
         for admin in &self.settings.admins {
             if let Some(room) = self.store.bridge_room(&format!("{MANAGEMENT_PREFIX}{admin}")).await?
                 && room.room_id == room_id
@@ -29,7 +29,7 @@ impl Relay {
         Ok(false)
     }
 
-    pub(super) async fn handle_command(&self, row: &InboxRow, incoming: &Incoming) -> Result<&'static str, RelayError> {
+    pub(super) async fn handle_command(&self, row: &InboxRow, incoming: &Incoming) -> Result<&'static str, WorkError> {
         let room: OwnedRoomId = super::parse_room(&row.room_id)?;
         let sender = super::parse_user(&incoming.sender)?;
         let answer = if self.settings.admins.contains(&sender) {
@@ -46,7 +46,7 @@ impl Relay {
         Ok("done")
     }
 
-    async fn run_command(&self, words: &[&str]) -> Result<String, RelayError> {
+    async fn run_command(&self, words: &[&str]) -> Result<String, WorkError> {
         let command = words.first().map(|w| w.trim_start_matches('!').to_lowercase());
         Ok(match (command.as_deref(), &words[1.min(words.len())..]) {
             (Some("help") | None, _) => HELP.to_owned(),
@@ -72,7 +72,7 @@ impl Relay {
         })
     }
 
-    async fn list_agents(&self) -> Result<String, RelayError> {
+    async fn list_agents(&self) -> Result<String, WorkError> {
         let agents = self.store.agents().await?;
         if agents.is_empty() {
             return Ok("No agents yet: sync has not found any in Letta.".to_owned());
@@ -98,7 +98,7 @@ impl Relay {
         Ok(lines.join("\n"))
     }
 
-    async fn status(&self) -> Result<String, RelayError> {
+    async fn status(&self) -> Result<String, WorkError> {
         let sync = self.sync_state.read().expect("state lock").clone();
         let homeserver = match self.matrix.versions().await {
             Ok(_) => "ok".to_owned(),
@@ -130,7 +130,7 @@ impl Relay {
         Ok(lines.join("\n"))
     }
 
-    async fn invite(&self, agent_id: &str, user: &str) -> Result<String, RelayError> {
+    async fn invite(&self, agent_id: &str, user: &str) -> Result<String, WorkError> {
         let Some(agent) = self.store.agent(agent_id).await? else {
             return Ok(format!("There is no agent `{agent_id}`; `agents` lists them."));
         };
@@ -140,7 +140,7 @@ impl Relay {
         let Some(room) = agent.room_id.as_deref() else {
             return Ok(format!("{} has no room yet.", agent.name));
         };
-        let room: &RoomId = <&RoomId>::try_from(room).map_err(|e| RelayError::Invalid(e.to_string()))?;
+        let room: &RoomId = <&RoomId>::try_from(room).map_err(|e| WorkError::Invalid(e.to_string()))?;
         let bot: &UserId = self.namespace.bot();
         match self.matrix.invite(room, &user, Some(bot)).await {
             Ok(()) => Ok(format!("Invited {user} to {}'s room.", agent.name)),

@@ -6,7 +6,7 @@ use ruma::events::room::member::MembershipState;
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 
-use super::{Relay, RelayError};
+use super::{Relay, WorkError};
 use crate::store::InboxRow;
 
 #[derive(Deserialize)]
@@ -25,9 +25,9 @@ struct MembershipContent {
 }
 
 impl Relay {
-    pub(super) async fn handle_membership(&self, row: &InboxRow) -> Result<(), RelayError> {
+    pub(super) async fn handle_membership(&self, row: &InboxRow) -> Result<(), WorkError> {
         let event: MembershipEvent =
-            serde_json::from_str(&row.event_json).map_err(|e| RelayError::Invalid(format!("membership event: {e}")))?;
+            serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("membership event: {e}")))?;
         let target = &event.state_key;
         if self.namespace.is_bot(target) {
             if event.content.membership == MembershipState::Invite {

@@ -37,10 +37,11 @@ pub fn piece_txn(txn: &str, index: usize) -> String {
 
 use crate::app::AppState;
 use crate::config::Settings;
-use crate::letta::{LettaClient, LettaError, MessageCreate};
-use crate::matrix::{MatrixClient, MatrixError};
+use crate::error::WorkError;
+use crate::letta::{LettaClient, MessageCreate};
+use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
-use crate::store::{AgentRecord, InboxEvent, InboxRow, RoomSettings, Store, StoreError};
+use crate::store::{AgentRecord, InboxEvent, InboxRow, RoomSettings, Store};
 use incoming::Incoming;
 use reply::Placement;
 use turn::{TurnOutcome, TurnRequest};
@@ -54,18 +55,6 @@ const NAME_TTL: Duration = Duration::from_secs(300);
 const NAME_CACHE_LIMIT: usize = 10_000;
 /// How often the backlog gauge is refreshed.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error("Letta: {0}")]
-    Letta(#[from] LettaError),
-    #[error("homeserver: {0}")]
-    Matrix(#[from] MatrixError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
-}
 
 pub struct Relay {
     settings: Arc<Settings>,
@@ -213,7 +202,7 @@ impl Relay {
     }
 
     /// Handles one row; returns the state it ends in.
-    async fn process(&self, row: &InboxRow) -> Result<&'static str, RelayError> {
+    async fn process(&self, row: &InboxRow) -> Result<&'static str, WorkError> {
         match InboxEvent::parse(&row.kind) {
             Some(InboxEvent::Message) => self.handle_message(row).await,
             Some(InboxEvent::Membership) => self.handle_membership(row).await.map(|()| "done"),
@@ -226,8 +215,8 @@ impl Relay {
         }
     }
 
-    async fn handle_message(&self, row: &InboxRow) -> Result<&'static str, RelayError> {
-        let incoming = Incoming::parse(&row.event_json).map_err(RelayError::Invalid)?;
+    async fn handle_message(&self, row: &InboxRow) -> Result<&'static str, WorkError> {
+        let incoming = Incoming::parse(&row.event_json).map_err(WorkError::Invalid)?;
         let sender = parse_user(&incoming.sender)?;
         if self.namespace.is_bot(&sender) || incoming.is_edit() {
             return Ok("skipped");
@@ -315,7 +304,7 @@ impl Relay {
         asker: &AgentRecord,
         text: &str,
         hops: u32,
-    ) -> Result<(), RelayError> {
+    ) -> Result<(), WorkError> {
         let Some(room) = asker.room_id.as_deref() else {
             return Ok(());
         };
@@ -351,7 +340,7 @@ impl Relay {
         ghost: &UserId,
         kind: &str,
         settings: RoomSettings,
-    ) -> Result<bool, RelayError> {
+    ) -> Result<bool, WorkError> {
         // Another agent writing into this agent's own room or DM is talking to it, like a person.
         if kind != "group" || settings.respond_to_all == Some(true) {
             return Ok(true);
@@ -375,7 +364,7 @@ impl Relay {
         ghost: OwnedUserId,
         kind: &str,
         settings: RoomSettings,
-    ) -> Result<TurnOutcome, RelayError> {
+    ) -> Result<TurnOutcome, WorkError> {
         let room_id = parse_room(&row.room_id)?;
         let mut inputs = Vec::new();
         if kind == "group" {
@@ -392,13 +381,13 @@ impl Relay {
         }
         inputs.push(self.input_for(&room_id, incoming, agent, &ghost).await?);
         let event_id =
-            OwnedEventId::try_from(incoming.event_id.as_str()).map_err(|e| RelayError::Invalid(e.to_string()))?;
+            OwnedEventId::try_from(incoming.event_id.as_str()).map_err(|e| WorkError::Invalid(e.to_string()))?;
         let sender = parse_user(&incoming.sender)?;
         let placement = match incoming.thread_root() {
             Some(root) => Placement {
                 reply_to: Some((event_id.clone(), sender)),
                 thread: Some((
-                    OwnedEventId::try_from(root).map_err(|e| RelayError::Invalid(e.to_string()))?,
+                    OwnedEventId::try_from(root).map_err(|e| WorkError::Invalid(e.to_string()))?,
                     event_id,
                 )),
             },
@@ -427,7 +416,7 @@ impl Relay {
 
     /// Waits until this worker may start a turn of `agent_id`: first among this process's lanes,
     /// then among replicas.
-    async fn agent_turn(&self, agent_id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, RelayError> {
+    async fn agent_turn(&self, agent_id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, WorkError> {
         let lock = self
             .agent_locks
             .lock()
@@ -449,7 +438,7 @@ impl Relay {
         incoming: &Incoming,
         agent: &AgentRecord,
         ghost: &UserId,
-    ) -> Result<MessageCreate, RelayError> {
+    ) -> Result<MessageCreate, WorkError> {
         let sender = parse_user(&incoming.sender)?;
         let otid = otid(&incoming.event_id, &agent.agent_id);
         if self.namespace.is_ours(&sender)
@@ -495,7 +484,7 @@ impl Relay {
         name
     }
 
-    async fn notice_once(&self, room_id: &RoomId, ghost: &UserId, kind: &str, text: &str) -> Result<(), RelayError> {
+    async fn notice_once(&self, room_id: &RoomId, ghost: &UserId, kind: &str, text: &str) -> Result<(), WorkError> {
         if !self.store.claim_room_notice(room_id.as_str(), kind).await? {
             return Ok(());
         }
@@ -506,9 +495,9 @@ impl Relay {
         Ok(())
     }
 
-    async fn apply_settings(&self, row: &InboxRow) -> Result<(), RelayError> {
+    async fn apply_settings(&self, row: &InboxRow) -> Result<(), WorkError> {
         let event: serde_json::Value =
-            serde_json::from_str(&row.event_json).map_err(|e| RelayError::Invalid(format!("settings event: {e}")))?;
+            serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("settings event: {e}")))?;
         let content = &event["content"];
         let settings = RoomSettings {
             respond_to_all: content["respond_to"].as_str().map(|mode| mode == "all"),
@@ -520,12 +509,12 @@ impl Relay {
     }
 }
 
-fn parse_user(user: &str) -> Result<OwnedUserId, RelayError> {
-    OwnedUserId::try_from(user).map_err(|e| RelayError::Invalid(format!("user id `{user}`: {e}")))
+fn parse_user(user: &str) -> Result<OwnedUserId, WorkError> {
+    OwnedUserId::try_from(user).map_err(|e| WorkError::Invalid(format!("user id `{user}`: {e}")))
 }
 
-fn parse_room(room: &str) -> Result<OwnedRoomId, RelayError> {
-    OwnedRoomId::try_from(room).map_err(|e| RelayError::Invalid(format!("room id `{room}`: {e}")))
+fn parse_room(room: &str) -> Result<OwnedRoomId, WorkError> {
+    OwnedRoomId::try_from(room).map_err(|e| WorkError::Invalid(format!("room id `{room}`: {e}")))
 }
 
 fn short_hash(text: &str) -> String {

@@ -13,7 +13,7 @@ use ruma::{OwnedRoomId, OwnedUserId};
 
 use super::reply::{self, Placement};
 use super::writer::ReplyWriter;
-use super::{Relay, RelayError};
+use super::{Relay, WorkError};
 use crate::letta::{LettaError, MessageCreate, StreamEvent, find_turn};
 use crate::outbound::RetryPolicy;
 use crate::store::{AgentRecord, InboxRow, now_ms};
@@ -56,7 +56,7 @@ enum Attempt {
 }
 
 impl Relay {
-    pub(super) async fn run_turn(&self, turn: TurnRequest<'_>) -> Result<TurnOutcome, RelayError> {
+    pub(super) async fn run_turn(&self, turn: TurnRequest<'_>) -> Result<TurnOutcome, WorkError> {
         let row = turn.row;
         let agent_id = turn.agent.agent_id.as_str();
         let otid = turn.inputs.last().expect("a turn has a message").otid.clone();
@@ -98,7 +98,7 @@ impl Relay {
                 match self.recover(&mut writer, agent_id, &otid, started).await {
                     Ok(Some(outcome)) => break outcome,
                     Ok(None) => {}
-                    Err(RelayError::Letta(error)) if error.is_retryable() => {
+                    Err(WorkError::Letta(error)) if error.is_retryable() => {
                         attempt += 1;
                         if let Some(outcome) = self
                             .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
@@ -163,7 +163,7 @@ impl Relay {
         agent_id: &str,
         inputs: &[MessageCreate],
         row: &InboxRow,
-    ) -> Result<Attempt, RelayError> {
+    ) -> Result<Attempt, WorkError> {
         metrics::histogram!("letta_matrix_relay_pickup_seconds")
             .record((now_ms() - row.received_at).max(0) as f64 / 1000.0);
         let mut stream = match self.letta.stream_turn(agent_id, inputs).await {
@@ -225,7 +225,7 @@ impl Relay {
         agent_id: &str,
         otid: &str,
         started: Instant,
-    ) -> Result<Option<TurnOutcome>, RelayError> {
+    ) -> Result<Option<TurnOutcome>, WorkError> {
         loop {
             let messages = self.letta.recent_messages(agent_id, LOOKUP_WINDOW).await?;
             let Some((_, answers)) = find_turn(&messages, otid) else {
@@ -260,7 +260,7 @@ impl Relay {
         writer: &mut ReplyWriter<'_>,
         stop_reason: Option<String>,
         error: Option<String>,
-    ) -> Result<TurnOutcome, RelayError> {
+    ) -> Result<TurnOutcome, WorkError> {
         writer.finish().await?;
         if let Some(error) = error {
             self.post_notice(writer, "error", &format!("⚠️ The agent ran into an error: {error}"))
@@ -299,7 +299,7 @@ impl Relay {
         attempt: u32,
         backoff: &RetryPolicy,
         told_of_delay: &mut bool,
-    ) -> Result<Option<TurnOutcome>, RelayError> {
+    ) -> Result<Option<TurnOutcome>, WorkError> {
         let waited = started.elapsed();
         let raw = &self.settings.raw;
         if waited >= Duration::from_millis(raw.relay_give_up_after_ms) {
@@ -325,7 +325,7 @@ impl Relay {
         Ok(None)
     }
 
-    async fn post_notice(&self, writer: &ReplyWriter<'_>, kind: &str, text: &str) -> Result<(), RelayError> {
+    async fn post_notice(&self, writer: &ReplyWriter<'_>, kind: &str, text: &str) -> Result<(), WorkError> {
         let content = reply::notice(text);
         self.matrix
             .send_message(

@@ -5,7 +5,7 @@ use ruma::events::space::child::SpaceChildEventContent;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::Deserialize;
 
-use super::{Relay, RelayError, parse_room, parse_user};
+use super::{Relay, WorkError, parse_room, parse_user};
 use crate::store::InboxRow;
 
 #[derive(Deserialize)]
@@ -19,9 +19,9 @@ struct TombstoneContent {
 }
 
 impl Relay {
-    pub(super) async fn follow_upgrade(&self, row: &InboxRow) -> Result<(), RelayError> {
+    pub(super) async fn follow_upgrade(&self, row: &InboxRow) -> Result<(), WorkError> {
         let event: Tombstone =
-            serde_json::from_str(&row.event_json).map_err(|e| RelayError::Invalid(format!("tombstone event: {e}")))?;
+            serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("tombstone event: {e}")))?;
         let (old, new) = (parse_room(&row.room_id)?, event.content.replacement_room);
         if old == new {
             return Ok(());
@@ -61,7 +61,7 @@ impl Relay {
 
     /// Joins the replacement room, or, when it is invite-only and nobody invited the ghost yet,
     /// asks the people in the old room for an invite.
-    async fn join_replacement(&self, old: &RoomId, new: &RoomId, ghost: &UserId) -> Result<(), RelayError> {
+    async fn join_replacement(&self, old: &RoomId, new: &RoomId, ghost: &UserId) -> Result<(), WorkError> {
         match self.matrix.join(new.to_owned().into(), ghost).await {
             Ok(_) => Ok(()),
             Err(error) if error.is_transient() => Err(error.into()),
@@ -74,7 +74,7 @@ impl Relay {
         }
     }
 
-    async fn move_in_space(&self, old: &RoomId, new: &RoomId) -> Result<(), RelayError> {
+    async fn move_in_space(&self, old: &RoomId, new: &RoomId) -> Result<(), WorkError> {
         let Some(space) = self.store.bridge_room("space").await? else {
             return Ok(());
         };

@@ -15,7 +15,7 @@ use super::reply::{self, Placement};
 /// The first tokens wait this long for company: an answer that streams in faster than that (most
 /// short ones) appears whole, as one event instead of a message and an instant edit.
 const FIRST_POST_DELAY: Duration = Duration::from_millis(50);
-use super::{Relay, RelayError};
+use super::{Relay, WorkError};
 
 struct Part {
     letta_id: String,
@@ -98,7 +98,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// Adds a piece of the answer; a new Letta message id starts a new part.
-    pub async fn push_answer(&mut self, letta_id: &str, delta: &str) -> Result<(), RelayError> {
+    pub async fn push_answer(&mut self, letta_id: &str, delta: &str) -> Result<(), WorkError> {
         self.last_token_at = Some(Instant::now());
         self.flush_aside().await?;
         if self.parts.last().is_none_or(|part| part.letta_id != letta_id) {
@@ -117,7 +117,7 @@ impl<'a> ReplyWriter<'a> {
         Ok(())
     }
 
-    async fn close_last_part(&mut self) -> Result<(), RelayError> {
+    async fn close_last_part(&mut self) -> Result<(), WorkError> {
         match self.parts.len().checked_sub(1) {
             Some(index) => self.flush(index, true).await,
             None => Ok(()),
@@ -125,7 +125,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// A new part, knowing the event a crashed try of this turn posted for it, if any.
-    async fn open_part(&mut self, letta_id: &str, text: String) -> Result<(), RelayError> {
+    async fn open_part(&mut self, letta_id: &str, text: String) -> Result<(), WorkError> {
         let posted = self
             .relay
             .store
@@ -145,7 +145,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// Adds a piece of reasoning or of a tool call, shown only when the room asks for it.
-    pub async fn push_aside(&mut self, letta_id: &str, summary: &str, delta: &str) -> Result<(), RelayError> {
+    pub async fn push_aside(&mut self, letta_id: &str, summary: &str, delta: &str) -> Result<(), WorkError> {
         if !self.show_reasoning {
             return Ok(());
         }
@@ -159,7 +159,7 @@ impl<'a> ReplyWriter<'a> {
         Ok(())
     }
 
-    async fn flush_aside(&mut self) -> Result<(), RelayError> {
+    async fn flush_aside(&mut self) -> Result<(), WorkError> {
         let Some((_, summary, text)) = self.aside.take() else {
             return Ok(());
         };
@@ -190,7 +190,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// Shows the newest part as it is now.
-    pub async fn flush_latest(&mut self) -> Result<(), RelayError> {
+    pub async fn flush_latest(&mut self) -> Result<(), WorkError> {
         match self.parts.len().checked_sub(1) {
             Some(index) => self.flush(index, false).await,
             None => Ok(()),
@@ -198,7 +198,7 @@ impl<'a> ReplyWriter<'a> {
     }
 
     /// Posts every part in full: the end of the turn.
-    pub async fn finish(&mut self) -> Result<(), RelayError> {
+    pub async fn finish(&mut self) -> Result<(), WorkError> {
         self.flush_aside().await?;
         if let Some(token_at) = self.last_token_at {
             metrics::histogram!("letta_matrix_relay_finish_seconds").record(token_at.elapsed().as_secs_f64());
@@ -206,7 +206,7 @@ impl<'a> ReplyWriter<'a> {
         self.close_last_part().await
     }
 
-    async fn flush(&mut self, index: usize, last: bool) -> Result<(), RelayError> {
+    async fn flush(&mut self, index: usize, last: bool) -> Result<(), WorkError> {
         let part = &self.parts[index];
         if part.text.trim().is_empty() || (part.text == part.shown && part.event_id.is_some()) {
             return Ok(());

@@ -9,7 +9,7 @@ use ruma::events::StateEventType;
 use ruma::{OwnedUserId, RoomId, UserId};
 
 use super::provision::{ADMIN_LEVEL, SPACE};
-use super::{Reconciler, SyncError};
+use super::{Reconciler, WorkError};
 use crate::matrix::MatrixError;
 
 /// The `applied_settings` row holding the invite list as last carried out, one user per line.
@@ -18,7 +18,7 @@ const APPLIED_INVITES: &str = "invite";
 impl Reconciler {
     /// Brings newly configured invitees into the rooms that exist. Costs one database read per
     /// process once done; rooms made later invite everyone at creation.
-    pub(super) async fn ensure_invitees_everywhere(&self) -> Result<(), SyncError> {
+    pub(super) async fn ensure_invitees_everywhere(&self) -> Result<(), WorkError> {
         if self.invitees_current.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -45,7 +45,7 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn invite_everywhere(&self, people: &[OwnedUserId]) -> Result<(), SyncError> {
+    async fn invite_everywhere(&self, people: &[OwnedUserId]) -> Result<(), WorkError> {
         let mut rooms = Vec::new();
         if let Some(space) = self.store.bridge_room(SPACE).await? {
             rooms.push((space.room_id, self.namespace.bot().to_owned()));
@@ -53,13 +53,13 @@ impl Reconciler {
         for agent in self.store.agents().await? {
             if let (Some(room_id), None) = (agent.room_id, agent.deleted_at) {
                 let ghost =
-                    OwnedUserId::try_from(agent.ghost_user_id).map_err(|e| SyncError::Invalid(e.to_string()))?;
+                    OwnedUserId::try_from(agent.ghost_user_id).map_err(|e| WorkError::Invalid(e.to_string()))?;
                 rooms.push((room_id, ghost));
             }
         }
         tracing::info!(people = ?people, rooms = rooms.len(), "inviting newly configured people to the existing rooms");
         for (room_id, actor) in rooms {
-            let room_id = RoomId::parse(&room_id).map_err(|e| SyncError::Invalid(e.to_string()))?;
+            let room_id = RoomId::parse(&room_id).map_err(|e| WorkError::Invalid(e.to_string()))?;
             // A room that refuses (the actor lost its power, the room is gone) is reported and
             // passed over; only a homeserver that cannot answer now makes the whole step wait.
             if let Err(error) = self.bring_into_room(&room_id, &actor, people).await {

@@ -18,25 +18,14 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::config::Settings;
-use crate::letta::{Agent, LettaClient, LettaError};
-use crate::matrix::{MatrixClient, MatrixError};
+use crate::error::WorkError;
+use crate::letta::{Agent, LettaClient};
+use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
-use crate::store::{AgentRecord, Leadership, Store, StoreError, now_ms};
+use crate::store::{AgentRecord, Leadership, Store, now_ms};
 
 /// Management rooms are named `management:<admin user id>` in `bridge_rooms`.
 pub const MANAGEMENT_PREFIX: &str = "management:";
-
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("Letta: {0}")]
-    Letta(#[from] LettaError),
-    #[error("homeserver: {0}")]
-    Matrix(#[from] MatrixError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// What the last passes found, for `/ready`, `/status` and the logs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -173,7 +162,7 @@ impl Reconciler {
             }
             Err(error) => {
                 metrics::counter!("letta_matrix_sync_errors_total").increment(1);
-                if let SyncError::Letta(letta) = &error {
+                if let WorkError::Letta(letta) = &error {
                     state.letta = letta.to_string();
                 }
                 tracing::warn!(%error, "sync pass failed; the next one retries");
@@ -184,7 +173,7 @@ impl Reconciler {
 
     /// Brings Matrix in line with Letta. An unchanged agent list costs one Letta call, one
     /// database read and no homeserver call.
-    pub async fn pass(&self) -> Result<PassSummary, SyncError> {
+    pub async fn pass(&self) -> Result<PassSummary, WorkError> {
         let agents = self.letta.list_agents().await?;
         let mut known = self.known.lock().await;
         let records = match known.take() {
@@ -233,7 +222,7 @@ impl Reconciler {
                 async move { (agent.id.clone(), self.provision(agent, record, space).await) }
             })
             .collect();
-        let results: Vec<(String, Result<(), SyncError>)> = futures::stream::iter(tasks)
+        let results: Vec<(String, Result<(), WorkError>)> = futures::stream::iter(tasks)
             .buffer_unordered(self.settings.raw.sync_concurrency)
             .collect()
             .await;

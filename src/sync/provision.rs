@@ -14,7 +14,7 @@ use ruma::room::RoomType;
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomAliasId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, UserId};
 
-use super::{MANAGEMENT_PREFIX, Reconciler, SyncError};
+use super::{MANAGEMENT_PREFIX, Reconciler, WorkError};
 use crate::letta::Agent;
 use crate::store::AgentRecord;
 
@@ -25,7 +25,7 @@ pub(super) const ADMIN_LEVEL: i64 = 100;
 
 impl Reconciler {
     /// The "Letta Agents" space, created once by the bot.
-    pub(super) async fn ensure_space(&self) -> Result<OwnedRoomId, SyncError> {
+    pub(super) async fn ensure_space(&self) -> Result<OwnedRoomId, WorkError> {
         if let Some(space) = self.store.bridge_room(SPACE).await? {
             return parse_room_id(&space.room_id);
         }
@@ -50,7 +50,7 @@ impl Reconciler {
 
     /// Gives every configured admin a management room: a direct chat with the bot that takes
     /// commands. Made once per admin; a room that exists is kept.
-    pub(super) async fn ensure_management_rooms(&self) -> Result<(), SyncError> {
+    pub(super) async fn ensure_management_rooms(&self) -> Result<(), WorkError> {
         for admin in &self.settings.admins {
             let name = format!("{MANAGEMENT_PREFIX}{admin}");
             if self.store.bridge_room(&name).await?.is_some() {
@@ -79,7 +79,7 @@ impl Reconciler {
         agent: &Agent,
         record: Option<AgentRecord>,
         space: &RoomId,
-    ) -> Result<(), SyncError> {
+    ) -> Result<(), WorkError> {
         let ghost = self.namespace.ghost_for_agent(&agent.id);
         if record.is_none() {
             self.store
@@ -126,7 +126,7 @@ impl Reconciler {
 
     /// The agent room, created as the ghost. Its alias makes creation idempotent: after a crash
     /// between creating the room and recording it, the alias finds the room again.
-    async fn create_agent_room(&self, agent: &Agent, ghost: &UserId, space: &RoomId) -> Result<OwnedRoomId, SyncError> {
+    async fn create_agent_room(&self, agent: &Agent, ghost: &UserId, space: &RoomId) -> Result<OwnedRoomId, WorkError> {
         let mut request = CreateRoomRequest::new();
         request.name = Some(agent.name.clone());
         request.topic = agent.description.clone().filter(|d| !d.is_empty());
@@ -158,14 +158,14 @@ impl Reconciler {
         request: CreateRoomRequest,
         alias_localpart: &str,
         creator: &UserId,
-    ) -> Result<(OwnedRoomId, bool), SyncError> {
+    ) -> Result<(OwnedRoomId, bool), WorkError> {
         let alias = OwnedRoomAliasId::try_from(format!("#{alias_localpart}:{}", self.settings.server_name))
-            .map_err(|e| SyncError::Invalid(format!("alias for {alias_localpart}: {e}")))?;
+            .map_err(|e| WorkError::Invalid(format!("alias for {alias_localpart}: {e}")))?;
         match self.matrix.create_room(request, Some(creator)).await {
             Ok(room_id) => Ok((room_id, false)),
             Err(error) if matches!(error.kind(), Some(ErrorKind::RoomInUse)) => {
                 let room_id = self.matrix.resolve_alias(&alias).await?.ok_or_else(|| {
-                    SyncError::Invalid(format!(
+                    WorkError::Invalid(format!(
                         "{alias} is taken but does not resolve; remove it from the homeserver"
                     ))
                 })?;
@@ -184,7 +184,7 @@ impl Reconciler {
         &self,
         creator: &UserId,
         extra: &[OwnedUserId],
-    ) -> Result<Raw<RoomPowerLevelsContentOverride>, SyncError> {
+    ) -> Result<Raw<RoomPowerLevelsContentOverride>, WorkError> {
         let mut levels = RoomPowerLevelsContentOverride::new();
         let creator_listed = (!self.creators_outrank_levels().await?).then(|| creator.to_owned());
         for user in self.settings.invite.iter().chain(extra).chain(creator_listed.iter()) {
@@ -195,7 +195,7 @@ impl Reconciler {
 
     /// Whether the rooms we create (in the homeserver's default room version) privilege their
     /// creators. Asked once; versions newer than this build knows are taken to.
-    async fn creators_outrank_levels(&self) -> Result<bool, SyncError> {
+    async fn creators_outrank_levels(&self) -> Result<bool, WorkError> {
         let version = self
             .default_room_version
             .get_or_try_init(|| self.matrix.default_room_version())
@@ -213,7 +213,7 @@ impl Reconciler {
         ghost: &UserId,
         agent: &Agent,
         record: &AgentRecord,
-    ) -> Result<(), SyncError> {
+    ) -> Result<(), WorkError> {
         if record.deleted_at.is_some() {
             // The ghost left when the agent was deleted; agent rooms are invite-only.
             match self.matrix.invite(room_id, ghost, None).await {
@@ -253,7 +253,7 @@ impl Reconciler {
     }
 
     /// The bot and the configured people, invited by the ghost; those already there are fine.
-    async fn invite_people(&self, room_id: &RoomId, ghost: &UserId) -> Result<(), SyncError> {
+    async fn invite_people(&self, room_id: &RoomId, ghost: &UserId) -> Result<(), WorkError> {
         for person in std::iter::once(self.namespace.bot()).chain(self.settings.invite.iter().map(|u| u.as_ref())) {
             match self.matrix.invite(room_id, person, Some(ghost)).await {
                 Err(error) if !error.is_already_in_room() => return Err(error.into()),
@@ -265,9 +265,9 @@ impl Reconciler {
 
     /// Letta deleted the agent: the room says so, leaves the space, and the ghost leaves every
     /// room. The mapping stays, so the room's history remains explained.
-    pub(super) async fn retire(&self, record: &AgentRecord, space: &RoomId) -> Result<(), SyncError> {
+    pub(super) async fn retire(&self, record: &AgentRecord, space: &RoomId) -> Result<(), WorkError> {
         let ghost =
-            OwnedUserId::try_from(record.ghost_user_id.as_str()).map_err(|e| SyncError::Invalid(e.to_string()))?;
+            OwnedUserId::try_from(record.ghost_user_id.as_str()).map_err(|e| WorkError::Invalid(e.to_string()))?;
         if let Some(room_id) = record.room_id.as_deref() {
             let room_id = parse_room_id(room_id)?;
             let notice = RoomMessageEventContent::notice_plain(format!(
@@ -294,10 +294,10 @@ impl Reconciler {
     }
 }
 
-fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, SyncError> {
-    OwnedRoomId::try_from(room_id).map_err(|e| SyncError::Invalid(format!("stored room id `{room_id}`: {e}")))
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, WorkError> {
+    OwnedRoomId::try_from(room_id).map_err(|e| WorkError::Invalid(format!("stored room id `{room_id}`: {e}")))
 }
 
-fn invalid(error: serde_json::Error) -> SyncError {
-    SyncError::Invalid(error.to_string())
+fn invalid(error: serde_json::Error) -> WorkError {
+    WorkError::Invalid(error.to_string())
 }
