@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedTransactionId, OwnedUserId, UInt};
-use serde_json::{Value, json};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, UInt};
+use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::app::AppState;
@@ -19,7 +19,7 @@ use crate::error::WorkError;
 use crate::letta::{LettaClient, LettaMessage};
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
-use crate::relay::{piece_txn, split_for_events};
+use crate::relay::{markdown_content, send_in_pieces};
 use crate::store::{HistoryImport, Store};
 
 /// Marks an imported event, so nothing mistakes it for live conversation.
@@ -215,29 +215,15 @@ impl Importer {
             .and_then(|ms| UInt::new(ms.max(0) as u64))
             .map(MilliSecondsSinceUnixEpoch);
         let txn = import_txn(agent_id, &message.id);
-        // A message too long for one event goes in several, all at its time; the first stands for it.
-        let mut first = None;
-        for (index, piece) in split_for_events(&markdown).into_iter().enumerate() {
+        // A message too long for one event goes in several, all at its time.
+        let event_id = send_in_pieces(&self.matrix, room, sender, (&markdown, &txn), timestamp, |piece| {
             let mut content = markdown_content(piece, msgtype);
             content[IMPORTED_KEY] = marker.clone();
-            let txn = OwnedTransactionId::from(piece_txn(&txn, index));
-            let event_id = self
-                .matrix
-                .send_raw_message(room, txn, &content, sender, timestamp)
-                .await?;
-            first.get_or_insert(event_id);
-        }
-        Ok(first.expect("a message has at least one piece"))
+            content
+        })
+        .await?;
+        Ok(event_id)
     }
-}
-
-fn markdown_content(markdown: &str, msgtype: &str) -> Value {
-    let mut content = json!({"msgtype": msgtype, "body": markdown});
-    if let (_, Some(html)) = crate::relay::render_markdown(markdown) {
-        content["format"] = json!("org.matrix.custom.html");
-        content["formatted_body"] = json!(html);
-    }
-    content
 }
 
 fn import_txn(agent_id: &str, letta_id: &str) -> String {

@@ -85,11 +85,7 @@ pub async fn ensure_member(
 
 /// The content of a message one agent sends another.
 pub fn content(from: &AgentRecord, text: &str, hops: u32) -> Value {
-    let mut content = json!({"msgtype": "m.text", "body": text});
-    if let (_, Some(html)) = reply::render_markdown(text) {
-        content["format"] = json!("org.matrix.custom.html");
-        content["formatted_body"] = json!(html);
-    }
+    let mut content = reply::markdown_content(text, "m.text");
     content[FROM_AGENT_ID] = json!(from.agent_id);
     content[FROM_AGENT_NAME] = json!(from.name);
     content[HOPS] = json!(hops);
@@ -125,16 +121,11 @@ pub async fn post(
     (from, from_ghost): (&AgentRecord, &UserId),
     message: Outgoing<'_>,
 ) -> Result<OwnedEventId, MatrixError> {
-    let mut first = None;
-    for (index, piece) in reply::split_for_events(message.text).into_iter().enumerate() {
-        let content = content(from, piece, message.hops);
-        let txn = OwnedTransactionId::from(super::piece_txn(message.txn_id.as_str(), index));
-        let event_id = matrix
-            .send_raw_message(room_id, txn, &content, from_ghost, None)
-            .await?;
-        first.get_or_insert(event_id);
-    }
-    Ok(first.expect("a message has at least one piece"))
+    let text = (message.text, message.txn_id.as_str());
+    super::send_in_pieces(matrix, room_id, from_ghost, text, None, |piece| {
+        content(from, piece, message.hops)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod incoming;
 pub mod interagent;
 mod management;
 mod membership;
+mod pieces;
 mod policy;
 mod reply;
 mod turn;
@@ -24,16 +25,9 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
+pub use pieces::send_in_pieces;
 pub use policy::{AllowRule, is_allowed};
-pub use reply::{render_markdown, split_for_events};
-
-/// The txn id of one piece of a message split for size: the first keeps the message's own.
-pub fn piece_txn(txn: &str, index: usize) -> String {
-    match index {
-        0 => txn.to_owned(),
-        n => format!("{txn}-{n}"),
-    }
-}
+pub use reply::markdown_content;
 
 use crate::app::AppState;
 use crate::config::Settings;

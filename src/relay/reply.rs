@@ -89,6 +89,16 @@ pub fn render_markdown(text: &str) -> (String, Option<String>) {
     }
 }
 
+/// A message's content as JSON, for contents that carry keys of our own besides the spec's.
+pub fn markdown_content(markdown: &str, msgtype: &str) -> serde_json::Value {
+    let mut content = serde_json::json!({"msgtype": msgtype, "body": markdown});
+    if let (_, Some(html)) = render_markdown(markdown) {
+        content["format"] = serde_json::json!("org.matrix.custom.html");
+        content["formatted_body"] = serde_json::json!(html);
+    }
+    content
+}
+
 pub fn text(markdown: &str) -> RoomMessageEventContent {
     match render_markdown(markdown) {
         (body, Some(html)) => RoomMessageEventContent::text_html(body, html),
