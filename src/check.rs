@@ -118,11 +118,10 @@ async fn check_homeserver(settings: &Settings, matrix: &MatrixClient, report: &m
     }
     match matrix.default_room_version().await {
         Ok(version) => {
-            let creators = match version.rules() {
-                Some(rules) if !rules.authorization.explicitly_privilege_room_creators => {
-                    "creators are listed at power level 100"
-                }
-                _ => "creators outrank every power level",
+            let creators = if crate::matrix::creators_outrank_levels(&version) {
+                "creators outrank every power level"
+            } else {
+                "creators are listed at power level 100"
             };
             report.pass("room version", format!("new rooms are version {version}; {creators}"));
         }

@@ -40,6 +40,14 @@ use ruma::{
 use crate::config::Secret;
 pub use crate::outbound::RetryPolicy;
 
+/// Whether rooms of `version` privilege their creators (room version 12 on): creators then outrank
+/// every power level and may not be listed in them. Versions newer than this build knows are taken to.
+pub fn creators_outrank_levels(version: &ruma::RoomVersionId) -> bool {
+    version
+        .rules()
+        .is_none_or(|rules| rules.authorization.explicitly_privilege_room_creators)
+}
+
 /// Every stable client-server endpoint we call exists since v1.1; claiming a version lets ruma
 /// pick stable paths without a `/versions` round trip at start.
 const ASSUMED_SPEC_VERSION: &str = "v1.11";

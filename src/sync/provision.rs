@@ -194,15 +194,13 @@ impl Reconciler {
     }
 
     /// Whether the rooms we create (in the homeserver's default room version) privilege their
-    /// creators. Asked once; versions newer than this build knows are taken to.
+    /// creators. The homeserver is asked once.
     async fn creators_outrank_levels(&self) -> Result<bool, WorkError> {
         let version = self
             .default_room_version
             .get_or_try_init(|| self.matrix.default_room_version())
             .await?;
-        Ok(version
-            .rules()
-            .is_none_or(|rules| rules.authorization.explicitly_privilege_room_creators))
+        Ok(crate::matrix::creators_outrank_levels(version))
     }
 
     /// An existing room follows the agent: the ghost is back in it (after an undelete), and a
