@@ -107,17 +107,26 @@ impl<'a> ReplyWriter<'a> {
         }
         let part = self.parts.last_mut().expect("a part was just ensured");
         part.text.push_str(delta);
-        // Too long for one event: the part ends at a break, the rest goes on in a new one.
-        while let Some(cut) = reply::overflow_cut(&self.parts.last().expect("a part exists").text) {
-            let part = self.parts.last_mut().expect("a part exists");
+        Ok(())
+    }
+
+    /// Measured when the part is about to be shown, not on every token: the cut depends on the
+    /// text alone, so it falls in the same place whenever it is looked for.
+    async fn split_overflow(&mut self) -> Result<(), WorkError> {
+        while let Some(part) = self.parts.last_mut()
+            && let Some(cut) = reply::overflow_cut(&part.text)
+        {
+            // Too long for one event: the part ends at a break, the rest goes on in a new one.
             let rest = part.text.split_off(cut).trim_start().to_owned();
-            self.close_last_part().await?;
-            self.open_part(letta_id, rest).await?;
+            let letta_id = part.letta_id.clone();
+            self.flush(self.parts.len() - 1, true).await?;
+            self.open_part(&letta_id, rest).await?;
         }
         Ok(())
     }
 
     async fn close_last_part(&mut self) -> Result<(), WorkError> {
+        self.split_overflow().await?;
         match self.parts.len().checked_sub(1) {
             Some(index) => self.flush(index, true).await,
             None => Ok(()),
@@ -191,6 +200,7 @@ impl<'a> ReplyWriter<'a> {
 
     /// Shows the newest part as it is now.
     pub async fn flush_latest(&mut self) -> Result<(), WorkError> {
+        self.split_overflow().await?;
         match self.parts.len().checked_sub(1) {
             Some(index) => self.flush(index, false).await,
             None => Ok(()),
