@@ -92,7 +92,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 /// unless `admin_token` is set, because it names every user and room.
 async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Result<Json<serde_json::Value>, AppError> {
     require_admin(&state, &headers)?;
-    let space = state.store.bridge_room("space").await?.map(|room| room.room_id);
+    let space = state
+        .store
+        .bridge_room(crate::sync::SPACE)
+        .await?
+        .map(|room| room.room_id);
     let mut other_rooms: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
     for (agent_id, room_id, kind) in state.store.all_agent_rooms().await? {
         other_rooms

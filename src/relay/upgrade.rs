@@ -75,7 +75,7 @@ impl Relay {
     }
 
     async fn move_in_space(&self, old: &RoomId, new: &RoomId) -> Result<(), WorkError> {
-        let Some(space) = self.store.bridge_room("space").await? else {
+        let Some(space) = self.store.bridge_room(crate::sync::SPACE).await? else {
             return Ok(());
         };
         let space = parse_room(&space.room_id)?;

@@ -8,6 +8,8 @@
 mod invitees;
 mod provision;
 
+pub use provision::SPACE;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};

@@ -19,7 +19,7 @@ use crate::letta::Agent;
 use crate::store::AgentRecord;
 
 /// The space's name in `bridge_rooms`.
-pub(super) const SPACE: &str = "space";
+pub const SPACE: &str = "space";
 /// People and the bot administer every room we create.
 pub(super) const ADMIN_LEVEL: i64 = 100;
 
