@@ -266,6 +266,19 @@ impl MatrixClient {
         Ok(response.room_id)
     }
 
+    /// Invites `user_id`; one who is in (or invited to) the room already counts as invited.
+    pub async fn ensure_invited(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        as_user: Option<&UserId>,
+    ) -> Result<(), MatrixError> {
+        match self.invite(room_id, user_id, as_user).await {
+            Err(error) if !error.is_already_in_room() => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn invite(
         &self,
         room_id: &RoomId,

@@ -424,11 +424,11 @@ impl AgentTools {
         let room = room_id(&args.room_id)?;
         let user = self.check_allowed(&args.user_id)?;
         self.ensure_in_room(&room, &my_ghost).await?;
-        match self.app.matrix.invite(&room, &user, Some(&my_ghost)).await {
-            Ok(()) => {}
-            Err(error) if error.is_already_in_room() => {}
-            Err(error) => return Err(failed("cannot invite", error)),
-        }
+        self.app
+            .matrix
+            .ensure_invited(&room, &user, Some(&my_ghost))
+            .await
+            .map_err(|error| failed("cannot invite", error))?;
         answer(json!({"invited": user, "room_id": room}))
     }
 }

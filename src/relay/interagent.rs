@@ -73,11 +73,7 @@ pub async fn ensure_member(
             let Some(inviter) = inviter else {
                 return Err(error);
             };
-            if let Err(invite_error) = matrix.invite(room_id, ghost, Some(inviter)).await
-                && !invite_error.is_already_in_room()
-            {
-                return Err(invite_error);
-            }
+            matrix.ensure_invited(room_id, ghost, Some(inviter)).await?;
             matrix.join(room_id.to_owned().into(), ghost).await.map(drop)
         }
     }

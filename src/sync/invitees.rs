@@ -107,10 +107,7 @@ impl Reconciler {
             }
         }
         for person in people {
-            match self.matrix.invite(room_id, person, Some(actor)).await {
-                Err(error) if !error.is_already_in_room() => return Err(error),
-                _ => {}
-            }
+            self.matrix.ensure_invited(room_id, person, Some(actor)).await?;
         }
         Ok(())
     }

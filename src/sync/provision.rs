@@ -214,10 +214,7 @@ impl Reconciler {
     ) -> Result<(), WorkError> {
         if record.deleted_at.is_some() {
             // The ghost left when the agent was deleted; agent rooms are invite-only.
-            match self.matrix.invite(room_id, ghost, None).await {
-                Err(error) if !error.is_already_in_room() => return Err(error.into()),
-                _ => {}
-            }
+            self.matrix.ensure_invited(room_id, ghost, None).await?;
         }
         self.matrix.join(room_id.to_owned().into(), ghost).await?;
         if record.name != agent.name {
@@ -253,10 +250,7 @@ impl Reconciler {
     /// The bot and the configured people, invited by the ghost; those already there are fine.
     async fn invite_people(&self, room_id: &RoomId, ghost: &UserId) -> Result<(), WorkError> {
         for person in std::iter::once(self.namespace.bot()).chain(self.settings.invite.iter().map(|u| u.as_ref())) {
-            match self.matrix.invite(room_id, person, Some(ghost)).await {
-                Err(error) if !error.is_already_in_room() => return Err(error.into()),
-                _ => {}
-            }
+            self.matrix.ensure_invited(room_id, person, Some(ghost)).await?;
         }
         Ok(())
     }
