@@ -36,7 +36,9 @@ pub enum Step {
     Echo,
     /// This text.
     Reply(String),
-    /// A call of the named tool.
+    /// A call of the named tool. After it a memgpt-style agent takes another step only if
+    /// `arguments` has `"request_heartbeat": true`; a `letta_v1_agent` does unless a tool rule
+    /// ends the turn.
     ToolCall { name: String, arguments: Value },
     /// Several tool calls in one answer (parallel tool calling).
     ToolCalls(Vec<(String, Value)>),
@@ -128,6 +130,10 @@ impl ModelStandin {
 
     /// An `llm_config` for Letta's create-agent body that points the agent at this server under
     /// the model name `model`.
+    ///
+    /// Letta 0.16.8 reads meaning into some names: `o1*`, `o3*`, `o4*` and `gpt-5*` go to the
+    /// Responses API (`/v1/responses`, not served here), a `-fast` suffix is cut off before the
+    /// request, `gpt-oss` and `glm-5` change the request. Names like `standin-alice` are plain.
     pub fn llm_config(&self, model: &str) -> Value {
         json!({
             "model": model,
@@ -160,7 +166,8 @@ impl ModelStandin {
     }
 
     /// Delays the answers for `model` from the next request on: `first_token` before the first
-    /// chunk, `per_token` between chunks (an unstreamed answer takes as long as a streamed one).
+    /// chunk, `per_token` between chunks (an unstreamed answer takes as long as a streamed one,
+    /// a [`Step::Fail`] takes `first_token`).
     pub fn set_latency(&self, model: &str, first_token: Duration, per_token: Duration) {
         let mut world = self.world();
         let model = world.model(model);
