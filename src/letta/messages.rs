@@ -31,9 +31,39 @@ impl MessageCreate {
     }
 }
 
+/// A decision on a tool call that waits for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalDecision {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    pub tool_call_id: String,
+    pub approve: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ApprovalDecision {
+    pub fn deny(tool_call_id: String, reason: &str) -> Self {
+        Self {
+            kind: "approval",
+            tool_call_id,
+            approve: false,
+            reason: Some(reason.to_owned()),
+        }
+    }
+}
+
+/// The one input message that carries decisions (Letta wants every pending call decided at once).
 #[derive(Serialize)]
-struct SendRequest<'a> {
-    messages: &'a [MessageCreate],
+struct ApprovalMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    approvals: &'a [ApprovalDecision],
+}
+
+#[derive(Serialize)]
+struct SendRequest<T: Serialize> {
+    messages: T,
     streaming: bool,
     stream_tokens: bool,
     include_pings: bool,
@@ -63,14 +93,85 @@ pub enum StreamEvent {
         text: String,
         ok: bool,
     },
-    /// Why the turn ended; `end_turn` is the normal end.
-    Stop(String),
+    /// A tool call that waits for a person's decision; pieces like [`Self::ToolCall`], each
+    /// naming the calls (by `tool_call_id`) it asks about.
+    ApprovalRequest {
+        id: String,
+        tool_call_ids: Vec<String>,
+        name: Option<String>,
+        arguments: String,
+    },
+    /// Why the turn ended.
+    Stop(StopReason),
     /// Letta failed inside the stream.
     Error(String),
     /// Keep-alives, usage and anything newer than this client.
     Other,
     /// `[DONE]`: the stream ended as it should.
     Done,
+}
+
+/// Why a turn ended, as Letta's `stop_reason` event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The normal end: the agent answered.
+    EndTurn,
+    /// A tool rule ended the turn (a terminal tool ran); also normal.
+    ToolRule,
+    /// A tool call waits for a person's approval; the agent accepts nothing else until then.
+    RequiresApproval,
+    MaxSteps,
+    MaxTokensExceeded,
+    InsufficientCredits,
+    ContextWindowOverflowInSystemPrompt,
+    Error,
+    LlmApiError,
+    InvalidLlmResponse,
+    InvalidToolCall,
+    NoToolCall,
+    Cancelled,
+    /// A reason newer than this client.
+    Other(String),
+}
+
+impl StopReason {
+    pub fn parse(reason: &str) -> Self {
+        match reason {
+            "end_turn" => Self::EndTurn,
+            "tool_rule" => Self::ToolRule,
+            "requires_approval" => Self::RequiresApproval,
+            "max_steps" => Self::MaxSteps,
+            "max_tokens_exceeded" => Self::MaxTokensExceeded,
+            "insufficient_credits" => Self::InsufficientCredits,
+            "context_window_overflow_in_system_prompt" => Self::ContextWindowOverflowInSystemPrompt,
+            "error" => Self::Error,
+            "llm_api_error" => Self::LlmApiError,
+            "invalid_llm_response" => Self::InvalidLlmResponse,
+            "invalid_tool_call" => Self::InvalidToolCall,
+            "no_tool_call" => Self::NoToolCall,
+            "cancelled" => Self::Cancelled,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::EndTurn => "end_turn",
+            Self::ToolRule => "tool_rule",
+            Self::RequiresApproval => "requires_approval",
+            Self::MaxSteps => "max_steps",
+            Self::MaxTokensExceeded => "max_tokens_exceeded",
+            Self::InsufficientCredits => "insufficient_credits",
+            Self::ContextWindowOverflowInSystemPrompt => "context_window_overflow_in_system_prompt",
+            Self::Error => "error",
+            Self::LlmApiError => "llm_api_error",
+            Self::InvalidLlmResponse => "invalid_llm_response",
+            Self::InvalidToolCall => "invalid_tool_call",
+            Self::NoToolCall => "no_tool_call",
+            Self::Cancelled => "cancelled",
+            Self::Other(reason) => reason,
+        }
+    }
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LettaError>> + Send>>;
@@ -123,6 +224,43 @@ impl LettaClient {
     /// Starts a token-streamed turn. An error before the first event means Letta refused or was
     /// unreachable; the caller decides whether the turn may have happened anyway.
     pub async fn stream_turn(&self, agent_id: &str, messages: &[MessageCreate]) -> Result<EventStream, LettaError> {
+        self.stream(agent_id, messages).await
+    }
+
+    /// Sends decisions on the tool calls an agent waits on; the agent carries on, streamed like
+    /// a turn.
+    pub async fn stream_decisions(
+        &self,
+        agent_id: &str,
+        decisions: &[ApprovalDecision],
+    ) -> Result<EventStream, LettaError> {
+        let message = ApprovalMessage {
+            kind: "approval",
+            approvals: decisions,
+        };
+        self.stream(agent_id, [message]).await
+    }
+
+    /// The tool calls (by `tool_call_id`) the agent waits on a decision for, if any.
+    pub async fn pending_approvals(&self, agent_id: &str) -> Result<Vec<String>, LettaError> {
+        let path = format!("/v1/agents/{}?include=agent.pending_approval", encode(agent_id));
+        let agent: Value = self.get(&path, &format!("agent {agent_id}")).await?;
+        let pending = &agent["pending_approval"];
+        let calls = pending["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain([&pending["tool_call"]]);
+        let mut ids: Vec<String> = Vec::new();
+        for id in calls.filter_map(|call| call["tool_call_id"].as_str()) {
+            if !ids.iter().any(|known| known == id) {
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn stream<T: Serialize>(&self, agent_id: &str, messages: T) -> Result<EventStream, LettaError> {
         let body = SendRequest {
             messages,
             streaming: true,
@@ -141,8 +279,14 @@ impl LettaClient {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
+            let headers = response.headers().clone();
             let body = response.text().await.unwrap_or_default();
-            return Err(LettaError::from_status(status, &body, &format!("agent {agent_id}")));
+            return Err(LettaError::from_response(
+                status,
+                &headers,
+                &body,
+                &format!("agent {agent_id}"),
+            ));
         }
         let base = self.base.to_string();
         let bytes = response.bytes_stream().map(move |chunk| {
@@ -166,7 +310,9 @@ impl LettaClient {
     }
 }
 
-/// Messages per page when reading an agent's history.
+/// Messages per page when reading an agent's history. Letta counts stored rows, not the items it
+/// returns (one row can be reasoning, a tool call and an answer), so a page's length says nothing
+/// about whether more follow.
 const HISTORY_PAGE: usize = 100;
 
 impl LettaMessage {
@@ -177,12 +323,30 @@ impl LettaMessage {
             .ok()
             .map(|d| d.timestamp_millis())
     }
+
+    /// Names this item among the agent's messages. Letta gives the reasoning, the tool calls and
+    /// the answer of one step the same `id`, so other kinds carry their type too; people's
+    /// messages and answers keep the bare id, which is what earlier imports recorded.
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        match self.message_type.as_str() {
+            "user_message" | "assistant_message" => self.id.as_str().into(),
+            other => format!("{}:{other}", self.id).into(),
+        }
+    }
+}
+
+/// Which cursor asks for older messages. Letta 0.16.8 reads `before` as "older" whatever the
+/// order; its SDK documents cursors as relative to the sort order, where `after` is older in a
+/// newest-first listing. The first page that moves tells which one the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OlderCursor {
+    Before,
+    After,
 }
 
 impl LettaClient {
-    /// The agent's latest `limit` messages that `wanted` accepts, dated no later than `cutoff_ms`,
-    /// oldest first. Pages go backwards from the newest with the `after` cursor; a server that
-    /// does not move the cursor ends the walk instead of looping.
+    /// The latest `limit` messages of the agent's default conversation that `wanted` accepts,
+    /// dated no later than `cutoff_ms`, oldest first. Pages go backwards from the newest.
     pub async fn history(
         &self,
         agent_id: &str,
@@ -192,35 +356,49 @@ impl LettaClient {
     ) -> Result<Vec<LettaMessage>, LettaError> {
         let mut newest_first: Vec<LettaMessage> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut cursor: Option<String> = None;
+        let mut oldest: Option<String> = None;
+        let mut older = OlderCursor::Before;
+        // Settled once a cursor brought older messages; until then one flip is allowed.
+        let (mut settled, mut flipped) = (false, false);
         while newest_first.len() < limit {
             let mut path = format!(
-                "/v1/agents/{}/messages?limit={HISTORY_PAGE}&order=desc",
+                "/v1/agents/{}/messages?limit={HISTORY_PAGE}&order=desc&conversation_id=default",
                 encode(agent_id)
             );
-            if let Some(cursor) = &cursor {
-                path.push_str("&after=");
-                path.push_str(&encode(cursor));
+            if let Some(cursor) = &oldest {
+                let word = match older {
+                    OlderCursor::Before => "before",
+                    OlderCursor::After => "after",
+                };
+                path.push_str(&format!("&{word}={}", encode(cursor)));
             }
             let mut page: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
+            // Newest first, whichever way the server ran the page (0.16.8 answers `desc` oldest
+            // first); a stable sort keeps the items of one step in their order.
             if page.first().and_then(|m| m.date.as_ref()) < page.last().and_then(|m| m.date.as_ref()) {
                 page.reverse();
             }
-            let complete = page.len() < HISTORY_PAGE;
-            cursor = page.last().map(|m| m.id.clone());
-            let mut new = 0;
-            for message in page {
-                if !seen.insert(message.id.clone()) {
-                    continue;
+            page.sort_by(|a, b| b.date_ms().cmp(&a.date_ms()));
+            let new: Vec<LettaMessage> = page
+                .into_iter()
+                .filter(|message| seen.insert(message.key().into_owned()))
+                .collect();
+            if new.is_empty() {
+                // Nothing older: either the end, or a server that reads the cursor the other way.
+                if oldest.is_none() || settled || flipped {
+                    break;
                 }
-                new += 1;
+                flipped = true;
+                older = OlderCursor::After;
+                continue;
+            }
+            settled = oldest.is_some();
+            oldest = new.last().map(|m| m.id.clone());
+            for message in new {
                 let in_time = message.date_ms().is_some_and(|at| at <= cutoff_ms);
                 if in_time && wanted(&message) && newest_first.len() < limit {
                     newest_first.push(message);
                 }
-            }
-            if complete || new == 0 {
-                break;
             }
         }
         newest_first.reverse();
@@ -292,13 +470,19 @@ fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// One event's lines to a [`StreamEvent`]; `None` for comment-only events.
+/// One event's lines to a [`StreamEvent`]; `None` for comment-only events and for what this
+/// client cannot use. Letta adds event kinds between versions, and one odd line must never cost a
+/// person their answer, so unknown named events and undecodable data are logged and skipped.
 fn decode_event(text: &str) -> Option<Result<StreamEvent, LettaError>> {
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|data| data.strip_prefix(' ').unwrap_or(data))
-        .collect();
+    let mut name = None;
+    let mut data = Vec::new();
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("event:") {
+            name = Some(value.trim());
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push(value.strip_prefix(' ').unwrap_or(value));
+        }
+    }
     if data.is_empty() {
         return None;
     }
@@ -306,23 +490,52 @@ fn decode_event(text: &str) -> Option<Result<StreamEvent, LettaError>> {
     if data.trim() == "[DONE]" {
         return Some(Ok(StreamEvent::Done));
     }
-    let value: Value = match serde_json::from_str(&data) {
-        Ok(value) => value,
-        Err(e) => return Some(Err(LettaError::Decode(format!("stream event: {e}")))),
-    };
-    Some(Ok(event_from_json(&value)))
+    let value: Option<Value> = serde_json::from_str(&data).ok();
+    match name {
+        None | Some("" | "message") => {}
+        Some("error") => {
+            let message = value
+                .as_ref()
+                .and_then(error_text)
+                .unwrap_or_else(|| data.chars().take(300).collect());
+            return Some(Ok(StreamEvent::Error(message)));
+        }
+        Some(other) => {
+            tracing::debug!(event = other, "skipping a stream event this client does not know");
+            return Some(Ok(StreamEvent::Other));
+        }
+    }
+    match value {
+        Some(value) => Some(Ok(event_from_json(&value))),
+        None => {
+            let shown: String = data.chars().take(200).collect();
+            tracing::warn!(data = shown, "skipping a stream line that is not JSON");
+            Some(Ok(StreamEvent::Other))
+        }
+    }
+}
+
+/// The readable part of an error payload: Letta sends `{"error": {"message", "detail"}}`,
+/// `{"message", "detail"}` or `{"detail"}`.
+fn error_text(value: &Value) -> Option<String> {
+    let error = value.get("error").unwrap_or(value);
+    if let Some(text) = error.as_str() {
+        return Some(text.to_owned());
+    }
+    let message = error["message"].as_str().or(error["detail"].as_str());
+    let detail = error["detail"].as_str().filter(|d| Some(*d) != message);
+    match (message, detail) {
+        (Some(message), Some(detail)) => Some(format!("{message} ({detail})")),
+        (Some(message), None) => Some(message.to_owned()),
+        (None, _) => None,
+    }
 }
 
 fn event_from_json(value: &Value) -> StreamEvent {
     let id = || value["id"].as_str().unwrap_or_default().to_owned();
     let string = |field: &str| value[field].as_str().unwrap_or_default().to_owned();
-    if let Some(error) = value.get("error") {
-        let message = error["message"]
-            .as_str()
-            .or(error["detail"].as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| error.to_string());
-        return StreamEvent::Error(message);
+    if value.get("error").is_some() {
+        return StreamEvent::Error(error_text(value).unwrap_or_else(|| value["error"].to_string()));
     }
     match value["message_type"].as_str().unwrap_or_default() {
         "assistant_message" => StreamEvent::Assistant {
@@ -333,10 +546,30 @@ fn event_from_json(value: &Value) -> StreamEvent {
             id: id(),
             delta: string("reasoning"),
         },
-        "tool_call_message" | "approval_request_message" => {
+        "tool_call_message" => {
             let call = &value["tool_call"];
             StreamEvent::ToolCall {
                 id: id(),
+                name: call["name"].as_str().map(str::to_owned),
+                arguments: call["arguments"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        "approval_request_message" => {
+            let call = &value["tool_call"];
+            // Whole messages list every call in `tool_calls`; token chunks carry one delta there.
+            let calls = match &value["tool_calls"] {
+                Value::Array(calls) => calls.iter().collect(),
+                Value::Object(_) => vec![&value["tool_calls"]],
+                _ => vec![],
+            };
+            let mut tool_call_ids: Vec<String> = std::iter::once(call)
+                .chain(calls)
+                .filter_map(|c| c["tool_call_id"].as_str().map(str::to_owned))
+                .collect();
+            tool_call_ids.dedup();
+            StreamEvent::ApprovalRequest {
+                id: id(),
+                tool_call_ids,
                 name: call["name"].as_str().map(str::to_owned),
                 arguments: call["arguments"].as_str().unwrap_or_default().to_owned(),
             }
@@ -346,14 +579,8 @@ fn event_from_json(value: &Value) -> StreamEvent {
             text: string("tool_return"),
             ok: value["status"].as_str() != Some("error"),
         },
-        "stop_reason" => StreamEvent::Stop(string("stop_reason")),
-        "error_message" => StreamEvent::Error(
-            value["message"]
-                .as_str()
-                .or(value["detail"].as_str())
-                .unwrap_or("unknown error")
-                .to_owned(),
-        ),
+        "stop_reason" => StreamEvent::Stop(StopReason::parse(value["stop_reason"].as_str().unwrap_or_default())),
+        "error_message" => StreamEvent::Error(error_text(value).unwrap_or_else(|| "unknown error".into())),
         _ => StreamEvent::Other,
     }
 }
@@ -399,7 +626,7 @@ mod tests {
                 .collect();
             assert_eq!(text, "You said: Stream me a reply please", "chunk {chunk}");
             assert_eq!(events.first(), Some(&Ok(StreamEvent::Other)), "a ping comes first");
-            assert!(events.contains(&Ok(StreamEvent::Stop("end_turn".into()))));
+            assert!(events.contains(&Ok(StreamEvent::Stop(StopReason::EndTurn))));
             assert_eq!(events.last(), Some(&Ok(StreamEvent::Done)));
         }
     }

@@ -13,7 +13,7 @@ use url::Url;
 use crate::config::Secret;
 use crate::outbound::RetryPolicy;
 
-pub use messages::{EventStream, LettaMessage, MessageCreate, StreamEvent, find_turn};
+pub use messages::{ApprovalDecision, EventStream, LettaMessage, MessageCreate, StopReason, StreamEvent, find_turn};
 
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
@@ -30,22 +30,110 @@ pub enum LettaError {
     Unauthorized { status: u16 },
     #[error("Letta has no {what}")]
     NotFound { what: String },
-    /// Some Letta versions refuse a second request to an agent that is still working.
-    #[error("the agent is busy with another request")]
-    Busy,
+    /// 409 or 423: Letta did nothing because something else holds the agent; the body says what.
+    #[error("{kind}")]
+    Busy {
+        kind: BusyKind,
+        retry_after: Option<Duration>,
+    },
+    /// 429: nothing was done; try again after the pause Letta asks for.
+    #[error("Letta asks us to slow down (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
     #[error("Letta answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
     #[error("Letta sent a response we cannot read: {0}")]
     Decode(String),
 }
 
+/// What a 409 (or 423) means: Letta 0.16.8 and Cloud send several kinds, told apart by the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusyKind {
+    /// Another turn of the same conversation is running (`CONVERSATION_BUSY`, with its run).
+    Conversation { run_id: Option<String> },
+    /// The agent waits for a person to approve or deny a tool call; nothing else is accepted
+    /// until then, so waiting alone never ends it.
+    PendingApproval,
+    /// A database row lock inside Letta; gone in a moment (`Retry-After: 1`).
+    Locked,
+    /// Any other conflict.
+    Other(String),
+}
+
+impl std::fmt::Display for BusyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conversation { run_id: Some(run) } => write!(f, "the agent is busy with run {run}"),
+            Self::Conversation { run_id: None } => f.write_str("the agent is busy with another request"),
+            Self::PendingApproval => f.write_str("the agent is waiting for a tool call to be approved"),
+            Self::Locked => f.write_str("Letta is busy (a database lock)"),
+            Self::Other(body) => write!(f, "Letta reports a conflict: {body}"),
+        }
+    }
+}
+
+impl BusyKind {
+    /// Reads a 409/423 body: `{"detail": …}` as a string or an object with a `code`/`error`.
+    fn from_body(body: &str) -> Self {
+        let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        let detail = &value["detail"];
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        let code = text(&detail["code"])
+            .or_else(|| text(&detail["error"]))
+            .or_else(|| text(&value["code"]))
+            .or_else(|| text(&value["error"]))
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let message = text(detail)
+            .or_else(|| text(&detail["message"]))
+            .or_else(|| text(&value["message"]))
+            .unwrap_or_else(|| body.to_owned());
+        let lower = message.to_ascii_lowercase();
+        let run_id = text(&detail["run_id"])
+            .or_else(|| text(&value["run_id"]))
+            .or_else(|| text(&detail["details"]["run_id"]))
+            .or_else(|| {
+                lower.find("run-").map(|at| {
+                    message[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect()
+                })
+            });
+        if code.contains("PENDING_APPROVAL") || lower.contains("approval") {
+            Self::PendingApproval
+        } else if code.contains("CONVERSATION_BUSY") || code.contains("BUSY") || lower.contains("busy") {
+            Self::Conversation { run_id }
+        } else if lower.contains("lock") {
+            Self::Locked
+        } else {
+            Self::Other(message.chars().take(300).collect())
+        }
+    }
+}
+
+/// The pause a server asks for: `retry-after-ms` (what Letta's SDK reads first), else
+/// `Retry-After` in seconds. Capped, so a hostile or broken header cannot park a turn for hours.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    const CAP: Duration = Duration::from_secs(60);
+    let read = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    let delay = read("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| read("retry-after"))?;
+    (delay.is_finite() && delay >= 0.0).then(|| Duration::from_secs_f64(delay).min(CAP))
+}
+
 impl LettaError {
-    fn from_status(status: u16, body: &str, what: &str) -> Self {
+    fn from_response(status: u16, headers: &reqwest::header::HeaderMap, body: &str, what: &str) -> Self {
         match status {
             401 | 403 => Self::Unauthorized { status },
             404 => Self::NotFound { what: what.to_owned() },
-            409 | 423 => Self::Busy,
-            _ if body.to_ascii_lowercase().contains("busy") => Self::Busy,
+            409 | 423 => Self::Busy {
+                kind: BusyKind::from_body(body),
+                retry_after: retry_after(headers),
+            },
+            429 => Self::RateLimited {
+                retry_after: retry_after(headers),
+            },
             _ => Self::Status {
                 status,
                 body: body.chars().take(300).collect(),
@@ -53,11 +141,39 @@ impl LettaError {
         }
     }
 
+    /// Worth asking again after a pause. A pending approval is not: only a decision ends it.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Busy => true,
-            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            Self::Unreachable { .. } | Self::RateLimited { .. } => true,
+            Self::Busy { kind, .. } => *kind != BusyKind::PendingApproval,
+            Self::Status { status, .. } => *status >= 500,
             _ => false,
+        }
+    }
+
+    /// Letta certainly did nothing with the request (it refused it before starting).
+    pub fn nothing_done(&self) -> bool {
+        match self {
+            Self::Busy { .. } | Self::RateLimited { .. } | Self::Unauthorized { .. } | Self::NotFound { .. } => true,
+            Self::Status { status, .. } => *status < 500,
+            Self::Unreachable { .. } | Self::Decode(_) => false,
+        }
+    }
+
+    /// An `event: error` inside a stream that really is a refusal: Letta 0.16.8 answers a
+    /// message sent while a tool call waits for approval with HTTP 200 and this in the stream.
+    pub fn from_stream_error(text: &str) -> Option<Self> {
+        text.contains("waiting for approval").then_some(Self::Busy {
+            kind: BusyKind::PendingApproval,
+            retry_after: None,
+        })
+    }
+
+    /// The pause Letta asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Busy { retry_after, .. } | Self::RateLimited { retry_after } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -79,6 +195,19 @@ pub struct Agent {
     pub created_at: Option<String>,
     #[serde(default)]
     pub updated_at: Option<String>,
+    #[serde(default)]
+    pub agent_type: Option<String>,
+}
+
+impl Agent {
+    /// A sleeptime companion works on another agent's memory in the background; nobody talks to
+    /// it, so it gets no ghost and no room.
+    pub fn is_sleeptime_companion(&self) -> bool {
+        matches!(
+            self.agent_type.as_deref(),
+            Some("sleeptime_agent" | "voice_sleeptime_agent")
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,11 +256,14 @@ impl LettaClient {
             .map(drop)
     }
 
-    /// Every agent, oldest first, following Letta's `after` cursor page by page. Only a complete
-    /// list is returned: a failed page fails the whole call, so a caller never mistakes a
-    /// partial list for deletions.
+    /// Every agent, oldest first, following Letta's `after` cursor page by page until a page
+    /// comes back empty: a server may cap the page size below what we ask, so a short page does
+    /// not prove the end. A failed page fails the whole call. Callers must still not take an
+    /// agent missing from the list as deleted without asking for it ([`Self::agent`]): a list
+    /// can change while it is paged.
     pub async fn list_agents(&self) -> Result<Vec<Agent>, LettaError> {
         let mut agents: Vec<Agent> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut path = format!("/v1/agents/?limit={AGENTS_PAGE_SIZE}&order=asc&order_by=created_at");
             if let Some(last) = agents.last() {
@@ -139,9 +271,10 @@ impl LettaClient {
                 path.extend(url::form_urlencoded::byte_serialize(last.id.as_bytes()));
             }
             let page: Vec<Agent> = self.get(&path, "agent list").await?;
-            let complete = page.len() < AGENTS_PAGE_SIZE;
-            agents.extend(page);
-            if complete {
+            let before = agents.len();
+            agents.extend(page.into_iter().filter(|agent| seen.insert(agent.id.clone())));
+            // An empty page ends it; so does one with nothing new (a server ignoring the cursor).
+            if agents.len() == before {
                 return Ok(agents);
             }
         }
@@ -161,7 +294,7 @@ impl LettaClient {
             match self.get_once(path, what).await {
                 Err(error) if error.is_retryable() && attempt + 1 < self.retry.attempts => {
                     attempt += 1;
-                    let delay = self.retry.delay(attempt);
+                    let delay = error.retry_after().unwrap_or_else(|| self.retry.delay(attempt));
                     tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "Letta call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -180,10 +313,11 @@ impl LettaClient {
         }
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.text().await.map_err(|e| self.unreachable(e))?;
         match status {
             200..=299 => serde_json::from_str(&body).map_err(|e| LettaError::Decode(format!("{what}: {e}"))),
-            _ => Err(LettaError::from_status(status, &body, what)),
+            _ => Err(LettaError::from_response(status, &headers, &body, what)),
         }
     }
 
@@ -215,8 +349,8 @@ mod tests {
             body: String::new(),
         };
         assert!(status(500).is_retryable());
-        assert!(status(429).is_retryable());
         assert!(!status(422).is_retryable());
+        assert!(LettaError::RateLimited { retry_after: None }.is_retryable());
         assert!(!LettaError::Unauthorized { status: 401 }.is_retryable());
         assert!(!LettaError::NotFound { what: "x".into() }.is_retryable());
     }

@@ -12,12 +12,18 @@ use futures::StreamExt;
 use ruma::{OwnedRoomId, OwnedUserId};
 
 use super::reply::{self, Placement};
-use super::writer::ReplyWriter;
+use super::writer::{AsideKind, ReplyWriter};
 use super::{Relay, WorkError};
-use crate::letta::{LettaError, MessageCreate, StreamEvent, find_turn};
+use crate::letta::{
+    ApprovalDecision, BusyKind, EventStream, LettaError, MessageCreate, StopReason, StreamEvent, find_turn,
+};
 use crate::outbound::RetryPolicy;
 use crate::store::{AgentRecord, InboxRow, now_ms};
 
+/// What an agent is told when a tool call of its needed approval.
+const APPROVAL_DENIAL: &str = "Denied automatically: this agent is reached through Matrix (letta-matrix), where tool calls cannot be approved yet.";
+/// Denials in one turn, in case an agent keeps asking.
+const MAX_APPROVAL_ROUNDS: usize = 3;
 /// How many of the agent's latest messages are searched for a turn of unknown fate.
 const LOOKUP_WINDOW: usize = 100;
 /// How long to wait for Letta to finish a turn it has started but not answered yet.
@@ -46,8 +52,10 @@ pub(super) enum TurnOutcome {
 /// How one attempt at asking ended.
 enum Attempt {
     Finished {
-        stop_reason: Option<String>,
+        stop_reason: Option<StopReason>,
         error: Option<String>,
+        /// Tool calls the agent stopped to have approved: (tool_call_id, tool name).
+        awaiting: Vec<(String, String)>,
     },
     /// The request may or may not have reached the agent: look before asking again.
     Unknown(LettaError),
@@ -93,6 +101,7 @@ impl Relay {
         };
         let mut attempt = 0;
         let mut told_of_delay = false;
+        let mut cleared_stale_approval = false;
         let outcome = loop {
             if fate_unknown {
                 match self.recover(&mut writer, agent_id, &otid, started).await {
@@ -113,8 +122,25 @@ impl Relay {
             }
             self.store.begin_turn(row, agent_id, &otid).await?;
             match self.ask(&mut writer, agent_id, &turn.inputs, row).await? {
-                Attempt::Finished { stop_reason, error } => {
+                Attempt::Finished {
+                    stop_reason,
+                    error,
+                    awaiting,
+                } => {
+                    let (stop_reason, error) = self
+                        .settle_approvals(&mut writer, agent_id, stop_reason, error, awaiting)
+                        .await?;
                     break self.close_turn(&mut writer, stop_reason, error).await?;
+                }
+                Attempt::NotDone(LettaError::Busy {
+                    kind: BusyKind::PendingApproval,
+                    ..
+                }) if !cleared_stale_approval => {
+                    // Left waiting by an earlier turn or another client: nothing can be asked
+                    // until it is decided.
+                    cleared_stale_approval = true;
+                    self.deny_pending(agent_id).await?;
+                    continue;
                 }
                 Attempt::Unknown(error) | Attempt::NotDone(error) if !error.is_retryable() => {
                     let message = describe_refusal(&error);
@@ -166,20 +192,20 @@ impl Relay {
     ) -> Result<Attempt, WorkError> {
         metrics::histogram!("letta_matrix_relay_pickup_seconds")
             .record((now_ms() - row.received_at).max(0) as f64 / 1000.0);
-        let mut stream = match self.letta.stream_turn(agent_id, inputs).await {
-            Ok(stream) => stream,
-            // Refused outright (4xx, busy): nothing happened. Anything else may have.
-            Err(error @ (LettaError::Busy | LettaError::Unauthorized { .. } | LettaError::NotFound { .. })) => {
-                return Ok(Attempt::NotDone(error));
-            }
-            Err(error @ LettaError::Status { status, .. }) if status < 500 && status != 429 => {
-                return Ok(Attempt::NotDone(error));
-            }
-            Err(error) => return Ok(Attempt::Unknown(error)),
-        };
+        match self.letta.stream_turn(agent_id, inputs).await {
+            Ok(stream) => self.consume(writer, stream).await,
+            // Refused outright (4xx, busy, 429): nothing happened. Anything else may have.
+            Err(error) if error.nothing_done() => Ok(Attempt::NotDone(error)),
+            Err(error) => Ok(Attempt::Unknown(error)),
+        }
+    }
+
+    /// Streams an answer into the room until Letta says the turn is over.
+    async fn consume(&self, writer: &mut ReplyWriter<'_>, mut stream: EventStream) -> Result<Attempt, WorkError> {
         let edit_interval = Duration::from_millis(self.settings.raw.relay_edit_interval_ms);
         let mut stop_reason = None;
         let mut error = None;
+        let mut awaiting: Vec<(String, String)> = Vec::new();
         loop {
             let next = match writer.next_flush(edit_interval) {
                 Some(at) => tokio::select! {
@@ -200,14 +226,41 @@ impl Relay {
             };
             match event {
                 StreamEvent::Assistant { id, delta } => writer.push_answer(&id, &delta).await?,
-                StreamEvent::Reasoning { id, delta } => writer.push_aside(&id, "Reasoning", &delta).await?,
+                StreamEvent::Reasoning { id, delta } => {
+                    writer
+                        .push_aside(&id, AsideKind::Reasoning, "Reasoning", &delta)
+                        .await?
+                }
                 StreamEvent::ToolCall { id, name, arguments } => {
                     let summary = format!("Tool call: {}", name.as_deref().unwrap_or("tool"));
-                    writer.push_aside(&id, &summary, &arguments).await?;
+                    writer
+                        .push_aside(&id, AsideKind::ToolCall, &summary, &arguments)
+                        .await?;
                 }
                 StreamEvent::ToolReturn { id, text, ok } => {
                     let summary = if ok { "Tool result" } else { "Tool error" };
-                    writer.push_aside(&id, summary, &text).await?;
+                    writer.push_aside(&id, AsideKind::ToolReturn, summary, &text).await?;
+                }
+                StreamEvent::ApprovalRequest {
+                    id,
+                    tool_call_ids,
+                    name,
+                    arguments,
+                } => {
+                    // A streamed request names its tool in its first piece only.
+                    let tool = name
+                        .clone()
+                        .or_else(|| awaiting.last().map(|(_, tool)| tool.clone()))
+                        .unwrap_or_else(|| "a tool".into());
+                    for call in tool_call_ids {
+                        if !awaiting.iter().any(|(known, _)| *known == call) {
+                            awaiting.push((call, tool.clone()));
+                        }
+                    }
+                    let summary = format!("Approval requested: {}", name.as_deref().unwrap_or("tool"));
+                    writer
+                        .push_aside(&id, AsideKind::ToolCall, &summary, &arguments)
+                        .await?;
                 }
                 StreamEvent::Stop(reason) => stop_reason = Some(reason),
                 StreamEvent::Error(message) => error = Some(message),
@@ -215,7 +268,17 @@ impl Relay {
                 StreamEvent::Done => break,
             }
         }
-        Ok(Attempt::Finished { stop_reason, error })
+        // Letta reports a message refused for a pending approval inside the stream.
+        if let Some(refusal) = error.as_deref().and_then(LettaError::from_stream_error)
+            && !writer.has_answer()
+        {
+            return Ok(Attempt::NotDone(refusal));
+        }
+        Ok(Attempt::Finished {
+            stop_reason,
+            error,
+            awaiting,
+        })
     }
 
     /// Looks a turn of unknown fate up in Letta. `Ok(None)`: Letta never got it; ask.
@@ -255,10 +318,92 @@ impl Relay {
         }
     }
 
+    /// Approvals cannot be given from Matrix yet, so a tool call that waits for one is denied
+    /// at once with a reason the agent sees, and the agent's reaction streams into the same
+    /// answer; an agent is never left stuck. Bounded, in case an agent asks again and again.
+    async fn settle_approvals(
+        &self,
+        writer: &mut ReplyWriter<'_>,
+        agent_id: &str,
+        mut stop_reason: Option<StopReason>,
+        mut error: Option<String>,
+        mut awaiting: Vec<(String, String)>,
+    ) -> Result<(Option<StopReason>, Option<String>), WorkError> {
+        for _ in 0..MAX_APPROVAL_ROUNDS {
+            if stop_reason != Some(StopReason::RequiresApproval) || awaiting.is_empty() {
+                break;
+            }
+            let mut tools: Vec<String> = awaiting.iter().map(|(_, tool)| format!("`{tool}`")).collect();
+            tools.dedup();
+            let message = format!(
+                "⚠️ The agent asked to run {}, which needs a person's approval. Approvals cannot be given from Matrix yet, so the call was denied and the agent was told why.",
+                tools.join(", ")
+            );
+            self.post_notice(writer, "approval-denied", &message).await?;
+            let decisions: Vec<ApprovalDecision> = awaiting
+                .drain(..)
+                .map(|(call, _)| ApprovalDecision::deny(call, APPROVAL_DENIAL))
+                .collect();
+            tracing::info!(
+                agent_id,
+                calls = decisions.len(),
+                "denying tool calls that wait for approval"
+            );
+            let stream = match self.letta.stream_decisions(agent_id, &decisions).await {
+                Ok(stream) => stream,
+                Err(failure) => {
+                    tracing::warn!(agent_id, error = %failure, "cannot deny the tool calls; the next turn clears them");
+                    break;
+                }
+            };
+            match self.consume(writer, stream).await? {
+                Attempt::Finished {
+                    stop_reason: next_stop,
+                    error: next_error,
+                    awaiting: next,
+                } => {
+                    stop_reason = next_stop;
+                    error = next_error.or(error);
+                    awaiting = next;
+                }
+                Attempt::Unknown(failure) | Attempt::NotDone(failure) => {
+                    tracing::warn!(agent_id, error = %failure, "the agent's answer to a denied tool call was lost");
+                    break;
+                }
+            }
+        }
+        Ok((stop_reason, error))
+    }
+
+    /// Denies whatever the agent waits on, and lets its reaction run its course unseen: it
+    /// belongs to a turn that is over.
+    async fn deny_pending(&self, agent_id: &str) -> Result<(), WorkError> {
+        let pending = self.letta.pending_approvals(agent_id).await?;
+        tracing::info!(
+            agent_id,
+            calls = pending.len(),
+            "denying tool calls left waiting for approval"
+        );
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let decisions: Vec<ApprovalDecision> = pending
+            .into_iter()
+            .map(|call| ApprovalDecision::deny(call, APPROVAL_DENIAL))
+            .collect();
+        let mut stream = self.letta.stream_decisions(agent_id, &decisions).await?;
+        while let Some(event) = stream.next().await {
+            if matches!(event, Ok(StreamEvent::Done) | Err(_)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     async fn close_turn(
         &self,
         writer: &mut ReplyWriter<'_>,
-        stop_reason: Option<String>,
+        stop_reason: Option<StopReason>,
         error: Option<String>,
     ) -> Result<TurnOutcome, WorkError> {
         writer.finish().await?;
@@ -267,22 +412,16 @@ impl Relay {
                 .await?;
             return Ok(TurnOutcome::Failed(error));
         }
-        match stop_reason.as_deref() {
-            None | Some("end_turn" | "tool_rule" | "requires_approval") => {
-                Ok(TurnOutcome::Answered(writer.answer_text()))
-            }
+        match stop_reason {
+            None | Some(StopReason::EndTurn | StopReason::ToolRule) => Ok(TurnOutcome::Answered(writer.answer_text())),
             Some(reason) => {
-                let explained = match reason {
-                    "max_steps" => "it reached its step limit",
-                    "llm_api_error" => "its language model failed",
-                    "invalid_llm_response" => "its language model answered something unusable",
-                    "invalid_tool_call" => "it made a tool call that could not be run",
-                    "cancelled" => "the run was cancelled",
-                    "no_tool_call" => "it did not call a tool",
-                    _ => "of an unexpected reason",
-                };
                 let prefix = if writer.has_answer() { "" } else { "No answer: " };
-                let message = format!("⚠️ {prefix}The agent stopped because {explained} (`{reason}`).");
+                let message = format!(
+                    "⚠️ {prefix}The agent stopped because {} (`{}`).",
+                    explain_stop(&reason),
+                    reason.as_str()
+                );
+                tracing::warn!(reason = reason.as_str(), "the agent's turn ended abnormally");
                 self.post_notice(writer, "stopped", &message).await?;
                 Ok(TurnOutcome::Answered(writer.answer_text()))
             }
@@ -312,14 +451,14 @@ impl Relay {
         }
         // Busy agents are ordinary: they are waited for without telling anyone.
         if !*told_of_delay
-            && !matches!(error, LettaError::Busy)
+            && !matches!(error, LettaError::Busy { .. })
             && waited >= Duration::from_millis(raw.relay_notice_after_ms)
         {
             *told_of_delay = true;
             let message = "⏳ My agent server is not answering right now. Your message is queued and I will answer when it is back.";
             self.post_notice(writer, "delayed", message).await?;
         }
-        let delay = backoff.delay(attempt);
+        let delay = error.retry_after().unwrap_or_else(|| backoff.delay(attempt));
         tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "Letta turn failed; retrying");
         tokio::time::sleep(delay).await;
         Ok(None)
@@ -360,5 +499,30 @@ fn describe_refusal(error: &LettaError) -> String {
             "⚠️ The bridge's Letta token was refused; an operator needs to fix `letta_token`.".into()
         }
         other => format!("⚠️ Letta refused this message: {other}"),
+    }
+}
+
+/// Why an agent stopped, for the people in the room: what happened and who can do something.
+fn explain_stop(reason: &StopReason) -> &'static str {
+    match reason {
+        StopReason::EndTurn | StopReason::ToolRule => "it finished",
+        StopReason::RequiresApproval => {
+            "it kept asking to run tools that need approval, which cannot be given from Matrix yet"
+        }
+        StopReason::MaxSteps => "it reached its step limit",
+        StopReason::MaxTokensExceeded => {
+            "its answer reached the model's output limit, so it may be cut short; an operator can raise `max_tokens` in the agent's model settings"
+        }
+        StopReason::InsufficientCredits => "the Letta account is out of credits; an operator needs to add some",
+        StopReason::ContextWindowOverflowInSystemPrompt => {
+            "its instructions and memory no longer fit the model's context window; an operator needs to shorten the agent's memory blocks or pick a model with a larger window"
+        }
+        StopReason::Error => "Letta ran into an internal error",
+        StopReason::LlmApiError => "its language model failed",
+        StopReason::InvalidLlmResponse => "its language model answered something unusable",
+        StopReason::InvalidToolCall => "it made a tool call that could not be run",
+        StopReason::NoToolCall => "it did not call a tool",
+        StopReason::Cancelled => "the run was cancelled",
+        StopReason::Other(_) => "of a reason this bridge does not know",
     }
 }

@@ -17,6 +17,22 @@ use super::reply::{self, Placement};
 const FIRST_POST_DELAY: Duration = Duration::from_millis(50);
 use super::{Relay, WorkError};
 
+/// What an aside shows. Letta gives the reasoning, the tool calls and the answer of one step the
+/// same message id, so an aside is told apart by its kind as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AsideKind {
+    Reasoning,
+    ToolCall,
+    ToolReturn,
+}
+
+struct Aside {
+    letta_id: String,
+    kind: AsideKind,
+    summary: String,
+    text: String,
+}
+
 struct Part {
     letta_id: String,
     text: String,
@@ -37,8 +53,8 @@ pub(super) struct ReplyWriter<'a> {
     txn_base: String,
     placement: Placement,
     parts: Vec<Part>,
-    /// Reasoning and tool calls in progress: (Letta message id, summary, text).
-    aside: Option<(String, String, String)>,
+    /// Reasoning or a tool call in progress.
+    aside: Option<Aside>,
     asides_posted: u32,
     pub show_reasoning: bool,
     /// When the last token arrived, for the "final token → Matrix send" figure.
@@ -153,23 +169,37 @@ impl<'a> ReplyWriter<'a> {
         Ok(())
     }
 
-    /// Adds a piece of reasoning or of a tool call, shown only when the room asks for it.
-    pub async fn push_aside(&mut self, letta_id: &str, summary: &str, delta: &str) -> Result<(), WorkError> {
+    /// Adds a piece of reasoning or of a tool call, shown only when the room asks for it. The
+    /// summary of an aside's first piece stays (a streamed tool call names its tool once).
+    pub async fn push_aside(
+        &mut self,
+        letta_id: &str,
+        kind: AsideKind,
+        summary: &str,
+        delta: &str,
+    ) -> Result<(), WorkError> {
         if !self.show_reasoning {
             return Ok(());
         }
-        if self.aside.as_ref().is_some_and(|(id, _, _)| id != letta_id) {
+        if self
+            .aside
+            .as_ref()
+            .is_some_and(|aside| aside.letta_id != letta_id || aside.kind != kind)
+        {
             self.flush_aside().await?;
         }
-        let aside = self
-            .aside
-            .get_or_insert_with(|| (letta_id.to_owned(), summary.to_owned(), String::new()));
-        aside.2.push_str(delta);
+        let aside = self.aside.get_or_insert_with(|| Aside {
+            letta_id: letta_id.to_owned(),
+            kind,
+            summary: summary.to_owned(),
+            text: String::new(),
+        });
+        aside.text.push_str(delta);
         Ok(())
     }
 
     async fn flush_aside(&mut self) -> Result<(), WorkError> {
-        let Some((_, summary, text)) = self.aside.take() else {
+        let Some(Aside { summary, text, .. }) = self.aside.take() else {
             return Ok(());
         };
         let mut content = reply::collapsed_notice(&summary, &text);
