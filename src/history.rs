@@ -124,7 +124,7 @@ impl Importer {
         let start = import
             .last_letta_id
             .as_ref()
-            .and_then(|last| plan.iter().position(|m| &m.id == last))
+            .and_then(|last| plan.iter().position(|m| m.key() == last.as_str()))
             .map_or(0, |at| at + 1);
         tracing::info!(
             agent_id = agent.agent_id,
@@ -153,9 +153,9 @@ impl Importer {
                         event_id.as_str(),
                         room.as_str(),
                         &agent.agent_id,
-                        &import_txn(&agent.agent_id, &message.id),
+                        &import_txn(&agent.agent_id, &message.key()),
                         None,
-                        Some(&message.id),
+                        Some(&message.key()),
                     )
                     .await?;
                 posted += 1;
@@ -171,7 +171,7 @@ impl Importer {
             }
             if !self
                 .store
-                .advance_history_import(&agent.agent_id, &self.owner, &message.id, LEASE_MS)
+                .advance_history_import(&agent.agent_id, &self.owner, &message.key(), LEASE_MS)
                 .await?
             {
                 return Err(WorkError::LeaseLost);
@@ -182,7 +182,7 @@ impl Importer {
     }
 
     async fn already_in_matrix(&self, message: &LettaMessage) -> Result<bool, WorkError> {
-        if self.store.letta_message_in_matrix(&message.id).await? {
+        if self.store.letta_message_in_matrix(&message.key()).await? {
             return Ok(true);
         }
         match message.otid.as_deref() {
@@ -214,7 +214,7 @@ impl Importer {
             .date_ms()
             .and_then(|ms| UInt::new(ms.max(0) as u64))
             .map(MilliSecondsSinceUnixEpoch);
-        let txn = import_txn(agent_id, &message.id);
+        let txn = import_txn(agent_id, &message.key());
         // A message too long for one event goes in several, all at its time.
         let event_id = send_in_pieces(&self.matrix, room, sender, (&markdown, &txn), timestamp, |piece| {
             let mut content = markdown_content(piece, msgtype);

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::config::Settings;
 use crate::error::WorkError;
-use crate::letta::{Agent, LettaClient};
+use crate::letta::{Agent, LettaClient, LettaError};
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
 use crate::store::{AgentRecord, Leadership, Store, now_ms};
@@ -176,7 +176,8 @@ impl Reconciler {
     /// Brings Matrix in line with Letta. An unchanged agent list costs one Letta call, one
     /// database read and no homeserver call.
     pub async fn pass(&self) -> Result<PassSummary, WorkError> {
-        let agents = self.letta.list_agents().await?;
+        let mut agents = self.letta.list_agents().await?;
+        agents.retain(|agent| !agent.is_sleeptime_companion());
         let mut known = self.known.lock().await;
         let records = match known.take() {
             Some(records) => records,
@@ -240,6 +241,23 @@ impl Reconciler {
             }
         }
         for record in &gone {
+            // A list paged while agents come and go can miss one that exists: only Letta's own
+            // "not found" retires an agent.
+            match self.letta.agent(&record.agent_id).await {
+                Err(LettaError::NotFound { .. }) => {}
+                Ok(_) => {
+                    tracing::warn!(
+                        agent_id = record.agent_id,
+                        "the agent list missed an agent that exists; keeping it"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    summary.failed += 1;
+                    tracing::warn!(agent_id = record.agent_id, %error, "cannot confirm the agent's deletion; the next pass retries");
+                    continue;
+                }
+            }
             match self.retire(record, &space).await {
                 Ok(()) => summary.retired += 1,
                 Err(error) => {
@@ -284,6 +302,7 @@ mod tests {
             description: description.map(Into::into),
             created_at: None,
             updated_at: None,
+            agent_type: None,
         }
     }
 
