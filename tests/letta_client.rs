@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use letta_matrix::config::Secret;
-use letta_matrix::letta::{LettaClient, LettaError, MessageCreate, StreamEvent, find_turn};
+use letta_matrix::letta::{LettaClient, LettaError, MessageCreate, StopReason, StreamEvent, find_turn};
 use letta_matrix::outbound::RetryPolicy;
 use letta_standin::LettaStandin;
 
@@ -109,7 +109,7 @@ async fn a_streamed_turn_arrives_token_by_token_and_is_stored_with_name_and_otid
     assert_eq!(
         &events[events.len() - 3..],
         [
-            StreamEvent::Stop("end_turn".into()),
+            StreamEvent::Stop(StopReason::EndTurn),
             StreamEvent::Other,
             StreamEvent::Done
         ]
@@ -151,7 +151,7 @@ async fn streaming_needs_the_sdk_header_and_refusals_are_typed() {
     letta.set_failing(Some(409));
     assert!(matches!(
         client.stream_turn(&agent, &asked).await.err(),
-        Some(LettaError::Busy)
+        Some(LettaError::Busy { .. })
     ));
     letta.set_failing(Some(500));
     assert!(matches!(
