@@ -46,7 +46,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(settings: Settings, store: Store, registration: &ruma::api::appservice::Registration) -> Self {
         let matrix = MatrixClient::new(&settings.homeserver_url, Secret::new(registration.as_token.clone()));
-        let letta = LettaClient::new(settings.letta_url.clone(), settings.letta_token.clone());
+        let letta = LettaClient::from_settings(&settings);
         Self {
             namespace: Arc::new(Namespace::new(&settings)),
             settings: Arc::new(settings),

@@ -159,8 +159,7 @@ fn ping_hint(settings: &Settings, error: &MatrixError) -> String {
 }
 
 async fn check_letta(settings: &Settings, report: &mut Report) {
-    let letta = LettaClient::new(settings.letta_url.clone(), settings.letta_token.clone())
-        .with_retry(crate::outbound::RetryPolicy::once());
+    let letta = LettaClient::from_settings(settings).with_retry(crate::outbound::RetryPolicy::once());
     match letta.health().await {
         Ok(health) => report.pass(
             "letta",
@@ -177,6 +176,23 @@ async fn check_letta(settings: &Settings, report: &mut Report) {
     }
     match letta.verify_token().await {
         Ok(()) => report.pass("letta token", "Letta accepts our token for listing agents"),
-        Err(error) => report.fail("letta token", error.to_string()),
+        Err(error) => return report.fail("letta token", error.to_string()),
+    }
+    match (letta.project(), letta.list_agents().await) {
+        (Some(project), Ok(agents)) => report.pass(
+            "letta project",
+            format!(
+                "project `{project}` (X-Project header): {} agent(s) visible",
+                agents.len()
+            ),
+        ),
+        (None, Ok(agents)) => report.pass(
+            "letta project",
+            format!(
+                "none set (letta_project; Letta Cloud only): {} agent(s) visible",
+                agents.len()
+            ),
+        ),
+        (_, Err(error)) => report.fail("letta project", format!("cannot list agents: {error}")),
     }
 }

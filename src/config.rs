@@ -44,6 +44,9 @@ pub struct Config {
     pub letta_url: String,
     pub letta_token: Option<Secret>,
     pub letta_token_file: Option<PathBuf>,
+    /// Letta Cloud: the project (its slug) agents are listed from and created in, sent as the
+    /// `X-Project` header as Letta's own SDK does. Self-hosted Letta ignores it.
+    pub letta_project: Option<String>,
     /// People invited to every agent room and to the space.
     pub invite: Vec<String>,
     /// Operators: each gets a management room (a DM with the bot) that takes commands.
@@ -109,6 +112,7 @@ impl Default for Config {
             letta_url: "http://127.0.0.1:8283".into(),
             letta_token: None,
             letta_token_file: None,
+            letta_project: None,
             invite: Vec::new(),
             admins: Vec::new(),
             log_format: LogFormat::Pretty,

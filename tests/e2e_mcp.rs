@@ -16,7 +16,8 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use support::chat::shown_messages;
-use support::stack::{Stack, stack};
+use support::letta_server::LettaServer;
+use support::stack::{Stack, real_stack, stack};
 use support::wait::eventually;
 
 const SECRET: &str = "mcp-secret-for-tests";
@@ -24,7 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 type Client = RunningService<RoleClient, ()>;
 
-async fn connect(stack: &Stack, agent_id: &str, token: &str) -> Result<Client, String> {
+async fn connect<L>(stack: &Stack<L>, agent_id: &str, token: &str) -> Result<Client, String> {
     let headers = HashMap::from([(
         HeaderName::from_static("x-agent-id"),
         HeaderValue::from_str(agent_id).unwrap(),
@@ -37,7 +38,7 @@ async fn connect(stack: &Stack, agent_id: &str, token: &str) -> Result<Client, S
         .map_err(|e| e.to_string())
 }
 
-async fn client_for(stack: &Stack, agent_id: &str) -> Client {
+async fn client_for<L>(stack: &Stack<L>, agent_id: &str) -> Client {
     connect(stack, agent_id, &agent_token(&Secret::new(SECRET), agent_id))
         .await
         .unwrap()
@@ -373,6 +374,60 @@ async fn agents_talk_through_matrix_as_themselves_until_the_hop_limit() {
             .any(|m| m.body.starts_with("You said: [Message from agent Alpha")),
         "beta's answer reached alpha's room under beta's name: {in_alpha_room:?}"
     );
+    client.cancel().await.unwrap();
+    stack.stop().await;
+}
+
+/// The same exchange with a real Letta behind both agents: rmcp's client stands in for Letta's
+/// MCP client (issue: Letta 0.16.8 refuses MCP servers on loopback), everything else is real.
+#[tokio::test]
+async fn with_a_real_letta_an_agents_message_reaches_another_and_the_answer_comes_back() {
+    let Some(letta) = LettaServer::real().await else { return };
+    let alpha_id = letta.create_agent("Alpha").await;
+    let beta_id = letta.create_agent("Beta").await;
+    letta.script(
+        &beta_id,
+        [model_standin::Step::reply("Beta here: two plus two is four.")],
+    );
+    let stack = real_stack(
+        "real-mcp.test",
+        letta,
+        vec![alpha_id.clone(), beta_id.clone()],
+        &[
+            ("LETTA_MATRIX_MCP_SECRET", SECRET),
+            ("LETTA_MATRIX_INTER_AGENT_MAX_HOPS", "2"),
+        ],
+    )
+    .await;
+    let (alpha, beta) = (&stack.agents[0], &stack.agents[1]);
+    let client = client_for(&stack, &alpha.id).await;
+    let sent = call(
+        &client,
+        "matrix_agent_message",
+        json!({"to_agent_id": beta.id, "message": "What is two plus two?"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent["room_id"], beta.room.as_str());
+    let back = eventually("beta's answer in alpha's room", PATIENCE, || async {
+        let shown = shown_messages(&stack.alice.messages(&alpha.room, 50).await.unwrap(), &beta.ghost);
+        shown.into_iter().find(|m| m.body.contains("two plus two is four"))
+    })
+    .await;
+    assert_eq!(back.msgtype, "m.text");
+    let beta_saw = stack.letta.seen_text(&beta_id);
+    assert!(
+        beta_saw.contains("Message from agent Alpha") && beta_saw.contains("What is two plus two?"),
+        "beta's model was told who wrote: {beta_saw}"
+    );
+    eventually("beta's answer relayed on to alpha's model", PATIENCE, || async {
+        stack
+            .letta
+            .seen_text(&alpha_id)
+            .contains("two plus two is four")
+            .then_some(())
+    })
+    .await;
     client.cancel().await.unwrap();
     stack.stop().await;
 }

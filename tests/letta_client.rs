@@ -26,7 +26,11 @@ async fn lists_every_agent_across_pages_oldest_first() {
     let listed = client(&letta, None).list_agents().await.unwrap();
     assert_eq!(listed.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), created);
     assert_eq!(listed[7].name, "agent 7");
-    assert_eq!(letta.requests("GET /v1/agents/"), 3, "pages of 200: 200 + 200 + 50");
+    assert_eq!(
+        letta.requests("GET /v1/agents/"),
+        4,
+        "pages of 200: 200 + 200 + 50, then an empty one proves the end"
+    );
 }
 
 #[tokio::test]
@@ -181,4 +185,61 @@ async fn concurrent_turns_of_one_agent_are_counted() {
         "the stand-in, like Letta 0.16.8, runs them interleaved"
     );
     assert_eq!(letta.user_messages(&agent).len(), 3);
+}
+
+#[tokio::test]
+async fn the_cloud_project_goes_with_every_request_and_check_names_it() {
+    let letta = LettaStandin::start().await;
+    letta.create_agent("Helper", None);
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    };
+    let settings = letta_matrix::config::Settings::from_parts(
+        "letta_project = \"team-bots\"",
+        None,
+        &env(&[
+            ("LETTA_MATRIX_SERVER_NAME", "example.org".into()),
+            ("LETTA_MATRIX_HOMESERVER_URL", "http://127.0.0.1:9".into()),
+            ("LETTA_MATRIX_LETTA_URL", letta.url()),
+        ]),
+    )
+    .unwrap();
+    let client = LettaClient::from_settings(&settings);
+    client.list_agents().await.unwrap();
+    let headers = letta.last_headers("GET /v1/agents/").expect("a request was made");
+    assert_eq!(
+        headers.get("x-project").and_then(|v| v.to_str().ok()),
+        Some("team-bots")
+    );
+    assert!(headers.contains_key("x-stainless-package-version"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_letta-matrix"))
+        .current_dir(dir.path())
+        .arg("check")
+        .env("LETTA_MATRIX_SERVER_NAME", "example.org")
+        .env("LETTA_MATRIX_HOMESERVER_URL", "http://127.0.0.1:9")
+        .env("LETTA_MATRIX_LETTA_URL", letta.url())
+        .env("LETTA_MATRIX_LETTA_PROJECT", "team-bots")
+        .env("LETTA_MATRIX_LOG_FILTER", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("ok   letta project: project `team-bots` (X-Project header): 1 agent(s) visible"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_caps_the_page_size_is_still_listed_whole() {
+    let letta = LettaStandin::start().await;
+    let created: Vec<String> = (0..7)
+        .map(|n| letta.create_agent(&format!("agent {n}"), None))
+        .collect();
+    letta.set_agent_page_cap(Some(3));
+    let listed = client(&letta, None).list_agents().await.unwrap();
+    assert_eq!(listed.into_iter().map(|a| a.id).collect::<Vec<_>>(), created);
+    assert_eq!(letta.requests("GET /v1/agents/"), 4, "3 + 3 + 1, then the empty page");
 }

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LettaClient, LettaError, SDK_VERSION_HEADER};
+use super::{LettaClient, LettaError};
 
 /// One input message. `name` is stored by Letta and shown to the model as the speaker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -267,15 +267,12 @@ impl LettaClient {
             stream_tokens: true,
             include_pings: true,
         };
-        let mut request = self
-            .streaming
-            .post(self.url(&format!("/v1/agents/{}/messages", encode(agent_id))))
-            .header(SDK_VERSION_HEADER.0, SDK_VERSION_HEADER.1)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .json(&body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
-        }
+        let request = self.authorize(
+            self.streaming
+                .post(self.url(&format!("/v1/agents/{}/messages", encode(agent_id))))
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .json(&body),
+        );
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
@@ -311,8 +308,7 @@ impl LettaClient {
 }
 
 /// Messages per page when reading an agent's history. Letta counts stored rows, not the items it
-/// returns (one row can be reasoning, a tool call and an answer), so a page's length says nothing
-/// about whether more follow.
+/// returns (one row can be reasoning, a tool call and an answer), so only an empty page ends a walk.
 const HISTORY_PAGE: usize = 100;
 
 impl LettaMessage {
@@ -335,18 +331,14 @@ impl LettaMessage {
     }
 }
 
-/// Which cursor asks for older messages. Letta 0.16.8 reads `before` as "older" whatever the
-/// order; its SDK documents cursors as relative to the sort order, where `after` is older in a
-/// newest-first listing. The first page that moves tells which one the server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OlderCursor {
-    Before,
-    After,
-}
-
 impl LettaClient {
     /// The latest `limit` messages of the agent's default conversation that `wanted` accepts,
-    /// dated no later than `cutoff_ms`, oldest first. Pages go backwards from the newest.
+    /// dated no later than `cutoff_ms`, oldest first.
+    ///
+    /// The walk goes forwards from the oldest message (`order=asc` with `after`), the one
+    /// dialect every server agrees on: Letta 0.16.8 reads `after` as "newer" whatever the order
+    /// and answers `desc` pages oldest first, while its SDK documents cursors relative to the
+    /// order; and dates, at second precision, cannot tell which way a page runs.
     pub async fn history(
         &self,
         agent_id: &str,
@@ -354,55 +346,45 @@ impl LettaClient {
         limit: usize,
         wanted: impl Fn(&LettaMessage) -> bool,
     ) -> Result<Vec<LettaMessage>, LettaError> {
-        let mut newest_first: Vec<LettaMessage> = Vec::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut latest: std::collections::VecDeque<LettaMessage> = std::collections::VecDeque::new();
         let mut seen = std::collections::HashSet::new();
-        let mut oldest: Option<String> = None;
-        let mut older = OlderCursor::Before;
-        // Settled once a cursor brought older messages; until then one flip is allowed.
-        let (mut settled, mut flipped) = (false, false);
-        while newest_first.len() < limit {
+        let mut cursor: Option<String> = None;
+        'pages: loop {
             let mut path = format!(
-                "/v1/agents/{}/messages?limit={HISTORY_PAGE}&order=desc&conversation_id=default",
+                "/v1/agents/{}/messages?limit={HISTORY_PAGE}&order=asc&conversation_id=default",
                 encode(agent_id)
             );
-            if let Some(cursor) = &oldest {
-                let word = match older {
-                    OlderCursor::Before => "before",
-                    OlderCursor::After => "after",
-                };
-                path.push_str(&format!("&{word}={}", encode(cursor)));
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&after={}", encode(cursor)));
             }
-            let mut page: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
-            // Newest first, whichever way the server ran the page (0.16.8 answers `desc` oldest
-            // first); a stable sort keeps the items of one step in their order.
-            if page.first().and_then(|m| m.date.as_ref()) < page.last().and_then(|m| m.date.as_ref()) {
-                page.reverse();
-            }
-            page.sort_by(|a, b| b.date_ms().cmp(&a.date_ms()));
-            let new: Vec<LettaMessage> = page
-                .into_iter()
-                .filter(|message| seen.insert(message.key().into_owned()))
-                .collect();
-            if new.is_empty() {
-                // Nothing older: either the end, or a server that reads the cursor the other way.
-                if oldest.is_none() || settled || flipped {
-                    break;
+            let page: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
+            let mut moved = false;
+            for message in page {
+                if !seen.insert(message.key().into_owned()) {
+                    continue;
                 }
-                flipped = true;
-                older = OlderCursor::After;
-                continue;
-            }
-            settled = oldest.is_some();
-            oldest = new.last().map(|m| m.id.clone());
-            for message in new {
-                let in_time = message.date_ms().is_some_and(|at| at <= cutoff_ms);
-                if in_time && wanted(&message) && newest_first.len() < limit {
-                    newest_first.push(message);
+                moved = true;
+                cursor = Some(message.id.clone());
+                if message.date_ms().is_some_and(|at| at > cutoff_ms) {
+                    // Everything after it is newer still.
+                    break 'pages;
                 }
+                if wanted(&message) {
+                    if latest.len() == limit {
+                        latest.pop_front();
+                    }
+                    latest.push_back(message);
+                }
+            }
+            // An empty page ends it; so does one with nothing new (a server ignoring the cursor).
+            if !moved {
+                break;
             }
         }
-        newest_first.reverse();
-        Ok(newest_first)
+        Ok(latest.into())
     }
 }
 

@@ -18,6 +18,8 @@ pub use messages::{ApprovalDecision, EventStream, LettaMessage, MessageCreate, S
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
 const SDK_VERSION_HEADER: (&str, &str) = ("X-Stainless-Package-Version", "1.0.0");
+/// The header Letta's SDK sends a project's slug in (Letta Cloud).
+const PROJECT_HEADER: &str = "X-Project";
 /// Letta sets no maximum; 200 keeps a page near 1.3 MB and a 1,000-agent list at five requests
 /// (its default of 50 would take twenty).
 pub const AGENTS_PAGE_SIZE: usize = 200;
@@ -218,6 +220,9 @@ pub struct LettaClient {
     base: Url,
     token: Option<Secret>,
     retry: RetryPolicy,
+    agents_page: usize,
+    /// Letta Cloud's project, sent with every request.
+    project: Option<String>,
 }
 
 impl LettaClient {
@@ -229,7 +234,38 @@ impl LettaClient {
             base,
             token,
             retry: RetryPolicy::default(),
+            agents_page: AGENTS_PAGE_SIZE,
+            project: None,
         }
+    }
+
+    /// The client the configuration describes.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        let mut client = Self::new(settings.letta_url.clone(), settings.letta_token.clone());
+        client.project = settings.raw.letta_project.clone().filter(|p| !p.trim().is_empty());
+        client
+    }
+
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_deref()
+    }
+
+    /// Headers every request carries: the SDK dialect, the token and the project.
+    fn authorize(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request = request.header(SDK_VERSION_HEADER.0, SDK_VERSION_HEADER.1);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(project) = &self.project {
+            request = request.header(PROJECT_HEADER, project);
+        }
+        request
+    }
+
+    /// Asks for agents `size` at a time (tests page small lists this way).
+    pub fn with_agents_page_size(mut self, size: usize) -> Self {
+        self.agents_page = size.max(1);
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -265,7 +301,7 @@ impl LettaClient {
         let mut agents: Vec<Agent> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
-            let mut path = format!("/v1/agents/?limit={AGENTS_PAGE_SIZE}&order=asc&order_by=created_at");
+            let mut path = format!("/v1/agents/?limit={}&order=asc&order_by=created_at", self.agents_page);
             if let Some(last) = agents.last() {
                 path.push_str("&after=");
                 path.extend(url::form_urlencoded::byte_serialize(last.id.as_bytes()));
@@ -304,13 +340,7 @@ impl LettaClient {
     }
 
     async fn get_once<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, LettaError> {
-        let mut request = self
-            .http
-            .get(self.url(path))
-            .header(SDK_VERSION_HEADER.0, SDK_VERSION_HEADER.1);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
-        }
+        let request = self.authorize(self.http.get(self.url(path)));
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -340,6 +370,70 @@ mod tests {
         assert_eq!(agents.len(), 1);
         assert!(agents[0].id.starts_with("agent-"));
         assert!(!agents[0].name.is_empty());
+    }
+
+    /// The 409 bodies Letta 0.16.8 sends (its source: routers/v1/agents.py, app.py handlers).
+    #[test]
+    fn conflicts_are_told_apart_by_their_bodies() {
+        let kind = |body: &str| BusyKind::from_body(body);
+        assert_eq!(
+            kind(
+                r#"{"detail":{"code":"PENDING_APPROVAL","message":"CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool call.","pending_request_id":"message-1"}}"#
+            ),
+            BusyKind::PendingApproval
+        );
+        assert_eq!(
+            kind(
+                r#"{"detail":"CONFLICT: Cannot send a new message: Another request (run_id=run-42ab) is currently being processed for this conversation. Please wait for it to complete.","run_id":"run-42ab"}"#
+            ),
+            BusyKind::Conversation {
+                run_id: Some("run-42ab".into())
+            }
+        );
+        assert_eq!(
+            kind(r#"{"detail":"The resource is currently locked by another operation. Please retry shortly."}"#),
+            BusyKind::Locked
+        );
+        assert!(matches!(kind("not json at all"), BusyKind::Other(_)));
+    }
+
+    #[test]
+    fn a_pause_asked_for_is_honoured_within_a_cap() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = reqwest::header::HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().unwrap());
+            }
+            map
+        };
+        let error = |pairs: &[(&'static str, &'static str)], status| {
+            LettaError::from_response(status, &headers(pairs), "{}", "agent")
+        };
+        assert_eq!(
+            error(&[("retry-after", "1")], 409).retry_after(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            error(&[("retry-after-ms", "250"), ("retry-after", "9")], 429).retry_after(),
+            Some(Duration::from_millis(250)),
+            "the SDK reads retry-after-ms first"
+        );
+        assert_eq!(
+            error(&[("retry-after", "86400")], 429).retry_after(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(error(&[("retry-after", "soon")], 429).retry_after(), None);
+        let limited = error(&[], 429);
+        assert!(
+            limited.nothing_done() && limited.is_retryable(),
+            "a 429 means not done; ask again"
+        );
+        let approval = LettaError::from_stream_error(
+            "CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool call.",
+        )
+        .unwrap();
+        assert!(!approval.is_retryable(), "waiting alone never ends a pending approval");
+        assert!(LettaError::from_stream_error("An unknown error occurred").is_none());
     }
 
     #[test]

@@ -173,8 +173,8 @@ impl Reconciler {
         }
     }
 
-    /// Brings Matrix in line with Letta. An unchanged agent list costs one Letta call, one
-    /// database read and no homeserver call.
+    /// Brings Matrix in line with Letta. An unchanged agent list costs two Letta calls (a page and
+    /// the empty one that ends the list), no database read once cached, and no homeserver call.
     pub async fn pass(&self) -> Result<PassSummary, WorkError> {
         let mut agents = self.letta.list_agents().await?;
         agents.retain(|agent| !agent.is_sleeptime_companion());

@@ -6,14 +6,16 @@ use std::time::Duration;
 use letta_standin::LettaStandin;
 
 use super::chat::{Shown, shown_messages};
+use super::letta_server::LettaServer;
 use super::service::{Installation, Served};
 use super::synapse::{Person, Synapse};
 use super::wait::eventually;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-pub struct Stack {
-    pub letta: LettaStandin,
+/// `L` is the Letta: our stand-in, or a [`super::letta_server::LettaServer`] (the real one).
+pub struct Stack<L = LettaStandin> {
+    pub letta: L,
     pub synapse: Synapse,
     pub install: Installation,
     pub served: Option<Served>,
@@ -62,8 +64,36 @@ async fn build(
     let letta = LettaStandin::start().await;
     let ids: Vec<String> = names.iter().map(|name| letta.create_agent(name, None)).collect();
     prepare(&letta, &ids);
+    let url = letta.url();
+    bring_up(letta, &url, None, ids, server, settings, synapse_config).await
+}
+
+/// Synapse and `serve` in front of the real Letta, with `agents` (already created there) set up
+/// in Matrix.
+pub async fn real_stack(
+    server: &str,
+    letta: LettaServer,
+    agents: Vec<String>,
+    settings: &[(&str, &str)],
+) -> Stack<LettaServer> {
+    let (url, token) = (letta.url.clone(), letta.token.clone());
+    bring_up(letta, &url, token, agents, server, settings, serde_json::json!({})).await
+}
+
+async fn bring_up<L>(
+    letta: L,
+    letta_url: &str,
+    letta_token: Option<String>,
+    ids: Vec<String>,
+    server: &str,
+    settings: &[(&str, &str)],
+    synapse_config: serde_json::Value,
+) -> Stack<L> {
     let mut install = Installation::new(server);
-    install.set("LETTA_MATRIX_LETTA_URL", letta.url());
+    install.set("LETTA_MATRIX_LETTA_URL", letta_url);
+    if let Some(token) = letta_token {
+        install.set("LETTA_MATRIX_LETTA_TOKEN", token);
+    }
     install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
     install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
     install.set("LETTA_MATRIX_INVITE", format!("@alice:{server}"));
@@ -80,23 +110,7 @@ async fn build(
     let served = install.serve().await.unwrap();
     let mut agents = Vec::new();
     for id in ids {
-        let ghost = format!("@letta_{id}:{server}");
-        let alias = format!("#letta_{id}:{server}");
-        eventually("alice joining the agent's room", PATIENCE, || async {
-            alice.join(&alias).await.ok()
-        })
-        .await;
-        let room = eventually("the agent's room id", PATIENCE, || async {
-            let status = install.status().await;
-            let agent = status["agents"]
-                .as_array()?
-                .iter()
-                .find(|a| a["agent_id"] == id.as_str())?
-                .clone();
-            agent["room_id"].as_str().map(str::to_owned)
-        })
-        .await;
-        agents.push(Agent { id, ghost, room });
+        agents.push(join_agent_room(&install, &alice, server, id).await);
     }
     Stack {
         letta,
@@ -108,7 +122,28 @@ async fn build(
     }
 }
 
-impl Stack {
+/// Alice joins the agent's room once sync has made it.
+pub async fn join_agent_room(install: &Installation, alice: &Person, server: &str, id: String) -> Agent {
+    let ghost = format!("@letta_{id}:{server}");
+    let alias = format!("#letta_{id}:{server}");
+    eventually("alice joining the agent's room", PATIENCE, || async {
+        alice.join(&alias).await.ok()
+    })
+    .await;
+    let room = eventually("the agent's room id", PATIENCE, || async {
+        let status = install.status().await;
+        let agent = status["agents"]
+            .as_array()?
+            .iter()
+            .find(|a| a["agent_id"] == id.as_str())?
+            .clone();
+        agent["room_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    Agent { id, ghost, room }
+}
+
+impl<L> Stack<L> {
     pub async fn shown(&self, room: &str, ghost: &str) -> Vec<Shown> {
         let events = self.alice.messages(room, 200).await.unwrap();
         shown_messages(&events, ghost)

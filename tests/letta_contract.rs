@@ -1,0 +1,350 @@
+//! The Letta API as this bridge depends on it, written once and run against both servers: the
+//! real Letta 0.16.8 (`scripts/test` runs it; its model is the model stand-in) and our stand-in.
+//! Where they disagree, the stand-in is wrong.
+
+mod support;
+
+use futures::StreamExt;
+use letta_matrix::letta::{LettaError, MessageCreate, StopReason, StreamEvent, find_turn};
+use model_standin::Step;
+use serde_json::{Value, json};
+use support::letta_server::LettaServer;
+
+fn unique(prefix: &str) -> String {
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).unwrap();
+    format!("{prefix}-{}", hex::encode(random))
+}
+
+fn said(text: &str, otid: &str) -> MessageCreate {
+    MessageCreate::user(
+        format!("Alice (@alice:contract.test): {text}"),
+        Some("Alice".into()),
+        otid.into(),
+    )
+}
+
+/// Every event of a turn, failing the test on a stream error.
+async fn turn(letta: &LettaServer, agent: &str, inputs: &[MessageCreate]) -> Vec<StreamEvent> {
+    let stream = letta.client().stream_turn(agent, inputs).await.unwrap();
+    stream.map(|event| event.unwrap()).collect().await
+}
+
+fn answer_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Assistant { delta, .. } => Some(delta.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stop_of(events: &[StreamEvent]) -> Option<StopReason> {
+    events.iter().rev().find_map(|e| match e {
+        StreamEvent::Stop(reason) => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+async fn agents_are_listed_oldest_first_across_pages(letta: &LettaServer) {
+    let prefix = unique("listed");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(letta.create_agent(&format!("{prefix}-{n}")).await);
+    }
+    let client = letta.client().with_agents_page_size(2);
+    let listed = client.list_agents().await.unwrap();
+    let ours: Vec<&str> = listed
+        .iter()
+        .filter(|a| ids.contains(&a.id))
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(ours, ids, "every agent, once, in creation order");
+    let third = listed.iter().find(|a| a.id == ids[2]).unwrap();
+    assert_eq!(third.name, format!("{prefix}-2"));
+    assert_eq!(third.agent_type.as_deref(), Some("letta_v1_agent"));
+    // Past the last agent: an empty page, not an error.
+    let last = &listed.last().unwrap().id;
+    let page = letta
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/agents/?limit=5&order=asc&order_by=created_at&after={last}"),
+            None,
+        )
+        .await;
+    assert_eq!(page, json!([]));
+}
+
+async fn an_agent_is_created_renamed_and_deleted(letta: &LettaServer) {
+    let client = letta.client();
+    let name = unique("original");
+    let id = letta.create_agent(&name).await;
+    assert!(id.starts_with("agent-"), "{id}");
+    assert_eq!(client.agent(&id).await.unwrap().name, name);
+    letta.rename(&id, "Renamed").await;
+    assert_eq!(client.agent(&id).await.unwrap().name, "Renamed");
+    letta.delete(&id).await;
+    assert!(matches!(client.agent(&id).await, Err(LettaError::NotFound { .. })));
+    assert!(!client.list_agents().await.unwrap().iter().any(|a| a.id == id));
+}
+
+async fn a_streamed_turn_sends_a_ping_deltas_of_one_message_a_stop_and_done(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("streamer")).await;
+    let answer = "Here is an answer that arrives in several small pieces.";
+    letta.script(&id, [Step::reply(answer)]);
+    let events = turn(letta, &id, &[said("hello", &unique("otid"))]).await;
+    assert_eq!(events.first(), Some(&StreamEvent::Other), "a ping first: {events:?}");
+    assert_eq!(answer_of(&events), answer);
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Assistant { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(ids.len() > 1, "token streaming sends pieces: {events:?}");
+    assert!(
+        ids.iter().all(|piece| *piece == ids[0]),
+        "pieces of one message share its id"
+    );
+    assert_eq!(stop_of(&events), Some(StopReason::EndTurn));
+    assert_eq!(events.last(), Some(&StreamEvent::Done));
+}
+
+async fn a_turn_is_found_again_by_its_otid(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("finder")).await;
+    let otid = unique("otid");
+    letta.script(&id, [Step::reply("Found me.")]);
+    turn(letta, &id, &[said("where is my answer?", &otid)]).await;
+    let messages = letta.client().recent_messages(&id, 100).await.unwrap();
+    let (asked, answers) = find_turn(&messages, &otid).expect("the message is in the list by its otid");
+    assert_eq!(asked.name.as_deref(), Some("Alice"));
+    assert!(asked.text().ends_with("where is my answer?"), "{}", asked.text());
+    let texts: Vec<String> = answers.iter().map(|a| a.text()).collect();
+    assert_eq!(texts, ["Found me."]);
+    assert!(find_turn(&messages, "never-sent").is_none());
+}
+
+/// 0.16.8's cursors: `after` is newer and `before` older whatever the order; a `desc` page holds
+/// the newest rows, oldest first; an unknown cursor is 404. The importer's walk must find every
+/// message of a history longer than a page.
+async fn history_pages_both_ways_over_more_than_a_hundred_messages(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("historian")).await;
+    let run = unique("h");
+    let inputs: Vec<MessageCreate> = (0..130)
+        .map(|n| said(&format!("message {n:03}"), &format!("{run}-{n}")))
+        .collect();
+    letta.script(&id, [Step::reply("That was a lot.")]);
+    let events = turn(letta, &id, &inputs).await;
+    assert_eq!(stop_of(&events), Some(StopReason::EndTurn));
+
+    let client = letta.client();
+    let people = client
+        .history(&id, i64::MAX, 1000, |m| m.message_type == "user_message")
+        .await
+        .unwrap();
+    let texts: Vec<String> = people
+        .iter()
+        .map(|m| m.text())
+        .filter(|t| t.contains("message "))
+        .collect();
+    let expected: Vec<String> = (0..130)
+        .map(|n| format!("Alice (@alice:contract.test): message {n:03}"))
+        .collect();
+    assert_eq!(texts, expected, "every message once, oldest first");
+    let bounded = client
+        .history(&id, i64::MAX, 10, |m| m.message_type == "user_message")
+        .await
+        .unwrap();
+    assert_eq!(bounded.len(), 10);
+    assert!(bounded[9].text().ends_with("message 129"), "the latest ten");
+
+    let list = |query: String| {
+        let path = format!("/v1/agents/{id}/messages?{query}");
+        async move { letta.call(reqwest::Method::GET, &path, None).await }
+    };
+    let ids_of = |page: &Value| -> Vec<String> {
+        page.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = ids_of(&list("limit=1000&order=asc".into()).await);
+    let position = |message: &str| all.iter().position(|m| m == message).unwrap();
+    let newest = ids_of(&list("limit=20&order=desc".into()).await);
+    let mut positions: Vec<usize> = newest.iter().map(|m| position(m)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "a desc page comes oldest first"
+    );
+    assert_eq!(*positions.last().unwrap(), all.len() - 1, "and holds the newest");
+    let older = ids_of(&list(format!("limit=20&order=desc&before={}", newest[0])).await);
+    assert!(!older.is_empty());
+    assert!(
+        older.iter().all(|m| position(m) < positions[0]),
+        "before = older, with desc"
+    );
+    let newer = ids_of(&list(format!("limit=20&order=desc&after={}", older[0])).await);
+    assert!(
+        newer.iter().all(|m| position(m) > position(&older[0])),
+        "after = newer, with desc"
+    );
+    let forward = ids_of(&list(format!("limit=20&order=asc&after={}", all[5])).await);
+    positions = forward.iter().map(|m| position(m)).collect();
+    assert!(positions.iter().all(|p| *p > 5) && positions.windows(2).all(|w| w[0] <= w[1]));
+    let unknown = letta
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/agents/{id}/messages?after=message-00000000-0000-4000-8000-000000000000"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+async fn two_turns_of_one_agent_at_once_are_both_answered(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("twin")).await;
+    let (a, b) = (unique("otid"), unique("otid"));
+    let (first, second) = tokio::join!(
+        turn(letta, &id, &[said("first", &a)]),
+        turn(letta, &id, &[said("second", &b)])
+    );
+    for events in [&first, &second] {
+        assert_eq!(
+            stop_of(events),
+            Some(StopReason::EndTurn),
+            "no busy refusal: {events:?}"
+        );
+        assert!(!answer_of(events).is_empty());
+    }
+    let messages = letta.client().recent_messages(&id, 100).await.unwrap();
+    assert!(find_turn(&messages, &a).is_some() && find_turn(&messages, &b).is_some());
+}
+
+async fn an_unknown_agent_and_a_bad_token_are_told_apart(letta: &LettaServer) {
+    let missing = "agent-00000000-0000-4000-8000-000000000000";
+    let client = letta.client();
+    assert!(matches!(client.agent(missing).await, Err(LettaError::NotFound { .. })));
+    assert!(matches!(
+        client.stream_turn(missing, &[said("hi", "o")]).await.err(),
+        Some(LettaError::NotFound { .. })
+    ));
+    let wrong = letta_matrix::letta::LettaClient::new(
+        letta.url.parse().unwrap(),
+        Some(letta_matrix::config::Secret::new("not-the-password".into())),
+    );
+    assert!(wrong.health().await.is_ok(), "health needs no token");
+    match wrong.verify_token().await {
+        Err(LettaError::Unauthorized { status: 401 }) => {}
+        other => panic!("a wrong token must be refused with 401, got {other:?}"),
+    }
+}
+
+/// A tool that needs approval stops the turn with a request naming the call; until it is
+/// decided, a new message is refused inside the stream; a denial lets the agent go on.
+async fn a_tool_call_waits_for_approval_until_denied(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("careful")).await;
+    let tool = letta.attach_approval_tool(&id).await;
+    letta.script(&id, [Step::tool_call(&tool, json!({"target": "the database"}))]);
+    let events = turn(letta, &id, &[said("please do it", &unique("otid"))]).await;
+    assert_eq!(stop_of(&events), Some(StopReason::RequiresApproval), "{events:?}");
+    let requested: Vec<(&Option<String>, &Vec<String>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ApprovalRequest {
+                name, tool_call_ids, ..
+            } => Some((name, tool_call_ids)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        requested.iter().any(|(name, _)| name.as_deref() == Some(tool.as_str())),
+        "{events:?}"
+    );
+    let call = requested
+        .iter()
+        .find_map(|(_, ids)| ids.first())
+        .expect("a tool_call_id")
+        .clone();
+
+    let client = letta.client();
+    assert_eq!(client.pending_approvals(&id).await.unwrap(), [call.clone()]);
+    let refused = turn(letta, &id, &[said("hello again", &unique("otid"))]).await;
+    let error = refused
+        .iter()
+        .find_map(|e| match e {
+            StreamEvent::Error(text) => Some(text.clone()),
+            _ => None,
+        })
+        .expect("a message while an approval is pending is refused in the stream");
+    assert!(
+        matches!(
+            LettaError::from_stream_error(&error),
+            Some(LettaError::Busy {
+                kind: letta_matrix::letta::BusyKind::PendingApproval,
+                ..
+            })
+        ),
+        "{error}"
+    );
+
+    letta.script(&id, [Step::reply("Understood, I will not do it.")]);
+    let denial = [letta_matrix::letta::ApprovalDecision::deny(call, "not today")];
+    let events: Vec<StreamEvent> = client
+        .stream_decisions(&id, &denial)
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(stop_of(&events), Some(StopReason::EndTurn), "{events:?}");
+    assert_eq!(answer_of(&events), "Understood, I will not do it.");
+    assert!(client.pending_approvals(&id).await.unwrap().is_empty());
+    if letta.is_real() {
+        assert!(
+            letta.seen_text(&id).contains("not today"),
+            "the reason reached the model"
+        );
+    }
+}
+
+/// A model failing mid-turn: a stop reason, then `event: error` with a readable message.
+async fn a_failing_model_ends_the_stream_with_an_error_event(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("fragile")).await;
+    letta.script(&id, [Step::Fail(500)]);
+    let events = turn(letta, &id, &[said("are you there?", &unique("otid"))]).await;
+    assert_eq!(stop_of(&events), Some(StopReason::LlmApiError), "{events:?}");
+    let error = events.iter().find_map(|e| match e {
+        StreamEvent::Error(text) => Some(text.clone()),
+        _ => None,
+    });
+    assert!(error.is_some_and(|text| !text.is_empty()), "{events:?}");
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod standin {
+            $(#[tokio::test] async fn $name() { super::$name(&super::LettaServer::standin().await).await })*
+        }
+        mod real {
+            $(#[tokio::test] async fn $name() {
+                if let Some(letta) = super::LettaServer::real().await { super::$name(&letta).await }
+            })*
+        }
+    };
+}
+
+contract!(
+    agents_are_listed_oldest_first_across_pages,
+    an_agent_is_created_renamed_and_deleted,
+    a_streamed_turn_sends_a_ping_deltas_of_one_message_a_stop_and_done,
+    a_turn_is_found_again_by_its_otid,
+    history_pages_both_ways_over_more_than_a_hundred_messages,
+    two_turns_of_one_agent_at_once_are_both_answered,
+    an_unknown_agent_and_a_bad_token_are_told_apart,
+    a_tool_call_waits_for_approval_until_denied,
+    a_failing_model_ends_the_stream_with_an_error_event,
+);
