@@ -139,8 +139,10 @@ async fn a_streamed_turn_arrives_token_by_token_and_is_stored_with_name_and_otid
 async fn streaming_needs_the_sdk_header_and_refusals_are_typed() {
     let letta = LettaStandin::start().await;
     let agent = letta.create_agent("Helper", None);
+    // Letta takes a client with no User-Agent for a 1.0 SDK; one naming itself otherwise is legacy.
     let response = reqwest::Client::new()
         .post(format!("{}/v1/agents/{agent}/messages", letta.url()))
+        .header(reqwest::header::USER_AGENT, "letta-matrix/0.1")
         .json(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "streaming": true}))
         .send()
         .await

@@ -5,6 +5,8 @@
 //! request is counted so tests can assert what the bridge asked for.
 
 mod messages;
+mod tools;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,10 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,7 +36,14 @@ struct World {
     /// Insertion order stands in for `created_at` order, which ties on fast machines.
     order: Vec<String>,
     requests: BTreeMap<String, usize>,
+    /// The headers of the last request to each route.
+    headers: BTreeMap<String, HeaderMap>,
     failing: Option<u16>,
+    /// The most agents one list page holds, whatever the request asks (as Cloud may).
+    agent_page_cap: Option<usize>,
+    /// Each main agent's sleeptime companion.
+    companions: BTreeMap<String, String>,
+    tools: tools::Tools,
     token: Option<String>,
     clock: u64,
     chats: messages::Chats,
@@ -125,10 +134,13 @@ impl LettaStandin {
 
     /// Creates an agent the way `POST /v1/agents/` does and returns its id.
     pub fn create_agent(&self, name: &str, description: Option<&str>) -> String {
-        create(&mut self.world(), name, description)["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.create_agent_with(&json!({"name": name, "description": description}))
+    }
+
+    /// Creates an agent from a `POST /v1/agents/` body (`name`, `description`, `agent_type`,
+    /// `enable_sleeptime`) and returns its id; a sleeptime companion is created beside it.
+    pub fn create_agent_with(&self, body: &Value) -> String {
+        create_from(&mut self.world(), body)["id"].as_str().unwrap().to_owned()
     }
 
     pub fn rename_agent(&self, agent_id: &str, name: &str) {
@@ -155,6 +167,60 @@ impl LettaStandin {
         self.world().requests.values().sum()
     }
 
+    /// The headers of the last request to `route` (e.g. `GET /v1/agents/`), to check what the
+    /// client sent (`Authorization`, `X-Project`, the SDK version header).
+    pub fn last_headers(&self, route: &str) -> Option<HeaderMap> {
+        self.world().headers.get(route).cloned()
+    }
+
+    /// Caps every agent list page at `cap` agents whatever `limit` asks, as a hosted Letta may.
+    pub fn set_agent_page_cap(&self, cap: Option<usize>) {
+        self.world().agent_page_cap = cap;
+    }
+
+    /// Makes the agent's next turn fail as an LLM error does: in a stream, HTTP 200 with a
+    /// `stop_reason` (`llm_api_error` for the `llm_*` kinds), `event: error` carrying
+    /// `error_type` and `message`, then `[DONE]`; without streaming, the matching HTTP error.
+    /// Nothing of the failed turn is stored.
+    pub fn script_error(&self, agent_id: &str, error_type: &str, message: &str) {
+        let chat = &mut self.world().chats;
+        let errors = &mut chat.chat(agent_id).scripted_errors;
+        errors.push_back((error_type.to_owned(), message.to_owned()));
+    }
+
+    /// Ends the agent's next completed turn with `reason` (e.g. `max_tokens_exceeded`) instead
+    /// of `end_turn`; the answer is still stored and streamed.
+    pub fn script_stop_reason(&self, agent_id: &str, reason: &str) {
+        let chat = &mut self.world().chats;
+        chat.chat(agent_id).scripted_stops.push_back(reason.to_owned());
+    }
+
+    /// Makes the agent's next turn call `tool_name` with `arguments_json`. If the agent must ask
+    /// approval for that tool the turn stops with `requires_approval` and the call waits;
+    /// otherwise the tool "runs" (returns "ok") and the agent answers.
+    pub fn script_tool_call(&self, agent_id: &str, tool_name: &str, arguments_json: &str) {
+        let chat = &mut self.world().chats;
+        let tools = &mut chat.chat(agent_id).scripted_tools;
+        tools.push_back((tool_name.to_owned(), arguments_json.to_owned()));
+    }
+
+    /// Creates a tool as `POST /v1/tools/` does and returns its id.
+    pub fn create_tool(&self, name: &str, default_requires_approval: bool) -> String {
+        let source = format!("def {name}() -> str:\n    return 'ok'\n");
+        let tool = self.world().tools.create(name, &source, default_requires_approval);
+        tool["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Attaches a tool to an agent as `PATCH /v1/agents/{id}/tools/attach/{tool_id}` does.
+    pub fn attach_tool(&self, agent_id: &str, tool_id: &str) {
+        let _ = tools::attach(&mut self.world(), agent_id, tool_id);
+    }
+
+    /// The `approval_request_message` the agent waits on, if any.
+    pub fn pending_approval(&self, agent_id: &str) -> Option<Value> {
+        self.world().chats.pending_approval(agent_id)
+    }
+
     /// Makes every route answer `status` (a Letta having a bad day) until cleared with `None`.
     pub fn set_failing(&self, status: Option<u16>) {
         self.world().failing = status;
@@ -162,12 +228,14 @@ impl LettaStandin {
 
     /// Queues the text the agent answers its next turn with (instead of "You said: …").
     pub fn script_reply(&self, agent_id: &str, text: &str) {
-        self.world().chats.script_reply(agent_id, text);
+        let chat = &mut self.world().chats;
+        chat.chat(agent_id).scripted.push_back(text.to_owned());
     }
 
     /// Queues reasoning the agent streams (and stores) before its next turn's answer.
     pub fn script_reasoning(&self, agent_id: &str, text: &str) {
-        self.world().chats.script_reasoning(agent_id, text);
+        let chat = &mut self.world().chats;
+        chat.chat(agent_id).scripted_reasoning.push_back(text.to_owned());
     }
 
     /// How long the agent thinks before its first token, and between tokens.
@@ -219,7 +287,33 @@ impl Drop for LettaStandin {
     }
 }
 
-fn create(world: &mut World, name: &str, description: Option<&str>) -> Value {
+/// Creates the agent of a `POST /v1/agents/` body, and with `enable_sleeptime` its companion
+/// `<name>-sleeptime` of type `sleeptime_agent`, which Letta lists like any agent.
+fn create_from(world: &mut World, body: &Value) -> Value {
+    let name = body["name"].as_str().unwrap_or_default();
+    let agent_type = body["agent_type"].as_str().unwrap_or("letta_v1_agent");
+    let mut agent = create(world, name, body["description"].as_str(), agent_type);
+    if body["enable_sleeptime"] == true {
+        let companion = create(world, &format!("{name}-sleeptime"), None, "sleeptime_agent");
+        let (main_id, companion_id) = (agent["id"].clone(), companion["id"].clone());
+        let group = json!({"id": format!("group-{}", uuid_like(world.clock)), "manager_type": "sleeptime", "agent_ids": [companion_id], "manager_agent_id": main_id, "sleeptime_agent_frequency": 5});
+        for shape in [&mut world.agents, &mut world.listed] {
+            if let Some(main) = shape.get_mut(main_id.as_str().unwrap_or_default()) {
+                main["enable_sleeptime"] = json!(true);
+                main["multi_agent_group"] = group.clone();
+                main["managed_group"] = group.clone();
+            }
+        }
+        agent = world.agents[main_id.as_str().unwrap_or_default()].clone();
+        let ids = (main_id.as_str(), companion_id.as_str());
+        if let (Some(main), Some(companion)) = ids {
+            world.companions.insert(main.to_owned(), companion.to_owned());
+        }
+    }
+    agent
+}
+
+fn create(world: &mut World, name: &str, description: Option<&str>, agent_type: &str) -> Value {
     let id = format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1));
     let now = world.tick();
     let mut agent: Value = serde_json::from_str(AGENT_TEMPLATE).expect("the fixture is JSON");
@@ -229,9 +323,18 @@ fn create(world: &mut World, name: &str, description: Option<&str>) -> Value {
     agent["created_at"] = json!(now);
     agent["updated_at"] = json!(now);
     agent["message_ids"] = json!([]);
+    agent["agent_type"] = json!(agent_type);
     let mut listed: Value =
         serde_json::from_str::<Vec<Value>>(LISTED_TEMPLATE).expect("the fixture is a JSON list")[0].clone();
-    for field in ["id", "name", "description", "created_at", "updated_at", "message_ids"] {
+    for field in [
+        "id",
+        "name",
+        "description",
+        "created_at",
+        "updated_at",
+        "message_ids",
+        "agent_type",
+    ] {
         listed[field] = agent[field].clone();
     }
     world.agents.insert(id.clone(), agent.clone());
@@ -257,7 +360,11 @@ fn set_fields(world: &mut World, agent_id: &str, changes: &Value, now: &str) -> 
     found
 }
 
+/// Removes an agent; a main agent takes its sleeptime companion with it, as in Letta.
 fn remove(world: &mut World, agent_id: &str) -> bool {
+    if let Some(companion) = world.companions.remove(agent_id) {
+        remove(world, &companion);
+    }
     world.listed.remove(agent_id);
     world.order.retain(|id| id != agent_id);
     world.agents.remove(agent_id).is_some()
@@ -293,6 +400,15 @@ fn router(world: Shared) -> Router {
             "/v1/agents/{agent_id}/messages",
             get(messages::list).post(messages::send),
         )
+        .route("/v1/tools/", post(tools::create_tool))
+        .route(
+            "/v1/agents/{agent_id}/tools/attach/{tool_id}",
+            patch(tools::attach_tool),
+        )
+        .route(
+            "/v1/agents/{agent_id}/tools/approval/{tool_name}",
+            patch(tools::set_approval),
+        )
         .layer(axum::middleware::from_fn_with_state(world.clone(), count_and_gate))
         .with_state(world)
 }
@@ -301,7 +417,8 @@ fn detail(status: StatusCode, text: impl Into<String>) -> Response {
     (status, Json(json!({"detail": text.into()}))).into_response()
 }
 
-/// Counts every request under its route, then applies injected failures and the token check.
+/// Counts every request under its route and keeps its headers, then applies injected failures
+/// and the token check of Letta's secure mode (`CheckPasswordMiddleware`: health is exempt).
 async fn count_and_gate(State(world): State<Shared>, request: Request, next: Next) -> Response {
     let route = match request.extensions().get::<axum::extract::MatchedPath>() {
         Some(path) => format!("{} {}", request.method(), path.as_str()),
@@ -309,15 +426,19 @@ async fn count_and_gate(State(world): State<Shared>, request: Request, next: Nex
     };
     let (failing, token) = {
         let mut world = world.lock().unwrap();
-        *world.requests.entry(route).or_default() += 1;
+        *world.requests.entry(route.clone()).or_default() += 1;
+        world.headers.insert(route, request.headers().clone());
         (world.failing, world.token.clone())
     };
     if let Some(status) = failing {
         return detail(StatusCode::from_u16(status).unwrap(), "injected failure");
     }
-    if let Some(token) = token {
-        let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {token}").as_str()) {
+    let exempt = matches!(request.uri().path(), "/v1/health" | "/v1/health/");
+    if let Some(token) = token.filter(|_| !exempt) {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let bearer = header("authorization") == Some(format!("Bearer {token}").as_str());
+        let bare = header("x-bare-password") == Some(format!("password {token}").as_str());
+        if !bearer && !bare {
             return detail(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
     }
@@ -336,7 +457,9 @@ struct ListQuery {
     order: Option<String>,
 }
 
-/// `GET /v1/agents/`: a bare array, newest first unless `order=asc`, cursor paging by agent id.
+/// `GET /v1/agents/`: a bare array, newest first unless `order=asc`; `after`/`before` are
+/// relative to that order and an unknown cursor is ignored, as in Letta 0.16.8. `limit`
+/// defaults to 50 and 0 means all.
 async fn list_agents(State(world): State<Shared>, Query(query): Query<ListQuery>) -> Response {
     let world = world.lock().unwrap();
     let mut ids: Vec<&String> = world.order.iter().collect();
@@ -344,34 +467,42 @@ async fn list_agents(State(world): State<Shared>, Query(query): Query<ListQuery>
         ids.reverse();
     }
     let position = |cursor: &str| ids.iter().position(|id| id.as_str() == cursor);
-    let start = match query.after.as_deref() {
-        Some(cursor) => match position(cursor) {
-            Some(index) => index + 1,
-            None => return detail(StatusCode::NOT_FOUND, format!("Agent with ID {cursor} not found")),
-        },
-        None => 0,
-    };
+    let start = query.after.as_deref().and_then(position).map_or(0, |index| index + 1);
     let end = query.before.as_deref().and_then(position).unwrap_or(ids.len());
+    let limit = match query.limit.unwrap_or(50) {
+        0 => usize::MAX,
+        limit => limit,
+    };
     let page: Vec<Value> = ids[start.min(end)..end]
         .iter()
-        .take(query.limit.unwrap_or(50))
+        .take(limit.min(world.agent_page_cap.unwrap_or(usize::MAX)))
         .map(|id| world.listed[*id].clone())
         .collect();
     Json(Value::Array(page)).into_response()
 }
 
-async fn get_agent(State(world): State<Shared>, Path(agent_id): Path<String>) -> Response {
-    match world.lock().unwrap().agents.get(&agent_id) {
-        Some(agent) => Json(agent.clone()).into_response(),
-        None => detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found")),
+/// `GET /v1/agents/{id}`; `include=agent.pending_approval` fills `pending_approval`.
+async fn get_agent(
+    State(world): State<Shared>,
+    Path(agent_id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let world = world.lock().unwrap();
+    let Some(agent) = world.agents.get(&agent_id) else {
+        return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
+    };
+    let mut agent = agent.clone();
+    if query.unwrap_or_default().contains("agent.pending_approval") {
+        agent["pending_approval"] = world.chats.pending_approval(&agent_id).unwrap_or(Value::Null);
     }
+    Json(agent).into_response()
 }
 
 async fn create_agent(State(world): State<Shared>, Json(body): Json<Value>) -> Response {
-    let Some(name) = body["name"].as_str() else {
+    if !body["name"].is_string() {
         return detail(StatusCode::UNPROCESSABLE_ENTITY, "name is required");
-    };
-    Json(create(&mut world.lock().unwrap(), name, body["description"].as_str())).into_response()
+    }
+    Json(create_from(&mut world.lock().unwrap(), &body)).into_response()
 }
 
 async fn update_agent(State(world): State<Shared>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
@@ -391,65 +522,4 @@ async fn delete_agent(State(world): State<Shared>, Path(agent_id): Path<String>)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_rfc3339() {
-        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_micros(1_795_000_000_123_456), "2026-11-18T11:06:40.123456Z");
-        assert_eq!(rfc3339_micros(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
-    }
-
-    #[test]
-    fn ids_look_like_letta_ids() {
-        let id = uuid_like(7);
-        let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
-        assert!(parts[2].starts_with('4'), "version 4: {id}");
-        assert_ne!(uuid_like(7), uuid_like(7));
-    }
-
-    #[tokio::test]
-    async fn lists_newest_first_unless_asked_and_pages_by_cursor() {
-        let letta = LettaStandin::start().await;
-        let ids: Vec<String> = ["a", "b", "c"]
-            .iter()
-            .map(|name| letta.create_agent(name, None))
-            .collect();
-        let list = |query: String| {
-            let url = format!("{}/v1/agents/?{query}", letta.url());
-            async move {
-                let page: Vec<Value> = reqwest_free_get(&url).await;
-                page.iter()
-                    .map(|a| a["id"].as_str().unwrap().to_owned())
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(
-            list(String::new()).await,
-            [ids[2].clone(), ids[1].clone(), ids[0].clone()]
-        );
-        assert_eq!(
-            list(format!("order=asc&limit=1&after={}", ids[0])).await,
-            [ids[1].clone()]
-        );
-        letta.delete_agent(&ids[1]);
-        assert_eq!(list("order=asc".into()).await, [ids[0].clone(), ids[2].clone()]);
-        assert_eq!(letta.requests("GET /v1/agents/"), 3);
-    }
-
-    /// A plain HTTP/1.1 GET over a TCP stream: the stand-in's tests need no HTTP client crate.
-    async fn reqwest_free_get(url: &str) -> Vec<Value> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_once('/').unwrap();
-        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-        let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (_, body) = response.split_once("\r\n\r\n").unwrap();
-        serde_json::from_str(body).unwrap()
-    }
-}
+mod tests;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::turn::{self, Delta, End, Part, RowBuilder};
 use super::{Shared, World, detail, uuid_like};
 
 /// The stand-in's tokens: this many characters per streamed chunk, as a tokenizer would cut.
@@ -29,27 +30,39 @@ pub(crate) struct Chats {
     chunk_chars: Option<usize>,
 }
 
+/// One stored message as Letta's database holds it: one or more listed items sharing an `id`.
+pub(crate) struct Row {
+    pub items: Vec<Value>,
+    /// `None` is the agent's default conversation (the only one the stand-in has so far).
+    pub conversation_id: Option<String>,
+}
+
+/// A tool call waiting for a person's decision.
+pub(crate) struct Pending {
+    /// The stored `approval_request_message`.
+    pub request: Value,
+    pub tool_call_id: String,
+}
+
 #[derive(Default)]
-struct Chat {
-    messages: Vec<Value>,
-    scripted: VecDeque<String>,
-    scripted_reasoning: VecDeque<String>,
+pub(crate) struct Chat {
+    pub rows: Vec<Row>,
+    pub scripted: VecDeque<String>,
+    pub scripted_reasoning: VecDeque<String>,
+    /// (error_type, message) for the next turns that fail.
+    pub scripted_errors: VecDeque<(String, String)>,
+    pub scripted_stops: VecDeque<String>,
+    /// (tool name, arguments JSON) for the next turns that call a tool.
+    pub scripted_tools: VecDeque<(String, String)>,
+    pub pending: Option<Pending>,
     latency: Option<(Duration, Duration)>,
     in_flight: usize,
     max_in_flight: usize,
 }
 
 impl Chats {
-    fn chat(&mut self, agent_id: &str) -> &mut Chat {
+    pub(crate) fn chat(&mut self, agent_id: &str) -> &mut Chat {
         self.by_agent.entry(agent_id.to_owned()).or_default()
-    }
-
-    pub(crate) fn script_reply(&mut self, agent_id: &str, text: &str) {
-        self.chat(agent_id).scripted.push_back(text.to_owned());
-    }
-
-    pub(crate) fn script_reasoning(&mut self, agent_id: &str, text: &str) {
-        self.chat(agent_id).scripted_reasoning.push_back(text.to_owned());
     }
 
     pub(crate) fn set_latency(&mut self, agent_id: &str, first_token: Duration, per_token: Duration) {
@@ -64,11 +77,16 @@ impl Chats {
         self.chunk_chars = Some(chars.max(1));
     }
 
+    /// Every item of the agent's history, oldest first.
     pub(crate) fn messages(&self, agent_id: &str) -> Vec<Value> {
         self.by_agent
             .get(agent_id)
-            .map(|c| c.messages.clone())
+            .map(|c| c.rows.iter().flat_map(|row| row.items.clone()).collect())
             .unwrap_or_default()
+    }
+
+    pub(crate) fn pending_approval(&self, agent_id: &str) -> Option<Value> {
+        self.by_agent.get(agent_id)?.pending.as_ref().map(|p| p.request.clone())
     }
 
     pub(crate) fn max_concurrent(&self, agent_id: &str) -> usize {
@@ -76,56 +94,16 @@ impl Chats {
     }
 }
 
-fn record(world: &mut World, message_type: &str, content: &str, extra: Value) -> Value {
-    let mut message = json!({
-        "id": format!("message-{}", uuid_like(world.clock)),
-        "date": world.tick(),
-        "name": null,
-        "message_type": message_type,
-        "otid": uuid_like(world.clock),
-        "sender_id": null,
-        "step_id": null,
-        "is_err": null,
-        "seq_id": null,
-        "run_id": null,
-        "content": content,
-    });
-    if let (Some(message), Value::Object(extra)) = (message.as_object_mut(), extra) {
-        message.extend(extra);
-    }
-    message
-}
-
-/// Reasoning keeps its text in `reasoning`, not `content`.
-fn reasoning_message(world: &mut World, text: &str, extra: Value) -> Value {
-    let mut message = record(world, "reasoning_message", "", extra);
-    let fields = message.as_object_mut().expect("a message is an object");
-    fields.remove("content");
-    fields.insert("source".into(), json!("reasoner_model"));
-    fields.insert("reasoning".into(), json!(text));
-    fields.insert("signature".into(), Value::Null);
-    message
-}
-
 /// Appends a message to an agent's history directly, e.g. a conversation from before the bridge.
-/// `role` is `user`, `assistant` or `reasoning`.
+/// `role` is `user`, `assistant` or `reasoning`; each call is one stored row.
 pub(crate) fn add_history(world: &mut World, agent_id: &str, role: &str, text: &str, date: &str) {
-    let mut message = match role {
-        "assistant" => record(world, "assistant_message", text, json!({})),
-        "reasoning" => reasoning_message(world, text, json!({})),
-        _ => record(world, "user_message", text, json!({})),
+    let mut row = RowBuilder::new(world, &json!({"run_id": null, "step_id": null})).dated(date);
+    match role {
+        "assistant" => row.push("assistant_message", json!({"content": text})),
+        "reasoning" => row.push("reasoning_message", turn::reasoning_fields(text)),
+        _ => row.push("user_message", json!({"content": text})),
     };
-    message["date"] = json!(date);
-    world.chats.chat(agent_id).messages.push(message);
-}
-
-/// Text of a Letta input message: a string, or typed parts.
-fn input_text(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
-        _ => String::new(),
-    }
+    row.store(world, agent_id);
 }
 
 /// Counts a request in flight for its agent until dropped, wherever the response ends.
@@ -143,6 +121,29 @@ impl Drop for InFlight {
     }
 }
 
+/// Letta's "1.0 SDK" test (`is_1_0_sdk_version`): the SDK's version header, no User-Agent at
+/// all, or a `letta-client/1.x` one. Only such clients may stream on this route.
+pub(crate) fn is_sdk_v1(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-stainless-package-version") {
+        return true;
+    }
+    let Some(agent) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some((name, version)) = agent.split_once('/') else {
+        return false;
+    };
+    matches!(name, "letta-client" | "@letta-ai/letta-client") && version.starts_with('1')
+}
+
+/// An input is an approval if typed so, or untyped with approval fields (Letta's own rule).
+fn is_approval(input: &Value) -> bool {
+    match input["type"].as_str() {
+        Some(kind) => kind == "approval",
+        None => input.get("approve").is_some() || input.get("approval_request_id").is_some(),
+    }
+}
+
 pub(crate) async fn send(
     State(world): State<Shared>,
     Path(agent_id): Path<String>,
@@ -151,52 +152,29 @@ pub(crate) async fn send(
 ) -> Response {
     let streaming = body["streaming"].as_bool().unwrap_or(false);
     let stream_tokens = body["stream_tokens"].as_bool().unwrap_or(false);
-    let (reasoning, answer, latency, chunk_chars, guard) = {
+    let (turn, latency, chunk_chars, guard) = {
         let mut locked = world.lock().unwrap();
         if !locked.agents.contains_key(&agent_id) {
             return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
         }
         let inputs = match body["messages"].as_array() {
             Some(inputs) if !inputs.is_empty() => inputs.clone(),
-            _ => {
-                return detail(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "messages: at least one message is required",
-                );
-            }
+            _ => return detail(StatusCode::UNPROCESSABLE_ENTITY, "Messages must not be empty"),
         };
-        if streaming && !headers.contains_key("x-stainless-package-version") {
+        if streaming && !is_sdk_v1(&headers) {
             return detail(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "Streaming on this route is only supported for SDK v1.0+ clients; use /messages/stream",
+                "streaming=true is only supported for SDK v1.0+ clients.",
             );
         }
-        let run_id = format!("run-{}", uuid_like(locked.clock));
-        let step_id = format!("step-{}", uuid_like(locked.clock + 1));
-        let ids = json!({"run_id": run_id, "step_id": step_id});
-        let mut last_text = String::new();
-        for input in &inputs {
-            last_text = input_text(&input["content"]);
-            let mut message = record(&mut locked, "user_message", &last_text, ids.clone());
-            message["name"] = input["name"].clone();
-            message["otid"] = input["otid"].clone();
-            locked.chats.chat(&agent_id).messages.push(message);
-        }
-        let chat = locked.chats.chat(&agent_id);
-        let text = chat
-            .scripted
-            .pop_front()
-            .unwrap_or_else(|| format!("You said: {last_text}"));
-        let reasoning = chat.scripted_reasoning.pop_front().map(|thought| {
-            let message = reasoning_message(&mut locked, &thought, ids.clone());
-            locked.chats.chat(&agent_id).messages.push(message.clone());
-            message
-        });
-        let answer = record(&mut locked, "assistant_message", &text, ids);
+        let turn = if is_approval(&inputs[0]) {
+            turn::approve(&mut locked, &agent_id, &inputs[0])
+        } else {
+            turn::converse(&mut locked, &agent_id, &inputs)
+        };
         let default_latency = locked.chats.default_latency;
         let chunk_chars = locked.chats.chunk_chars.unwrap_or(DEFAULT_CHUNK_CHARS);
         let chat = locked.chats.chat(&agent_id);
-        chat.messages.push(answer.clone());
         chat.in_flight += 1;
         chat.max_in_flight = chat.max_in_flight.max(chat.in_flight);
         let latency = chat.latency.unwrap_or(default_latency);
@@ -204,58 +182,107 @@ pub(crate) async fn send(
             world: world.clone(),
             agent_id: agent_id.clone(),
         };
-        (reasoning, answer, latency, chunk_chars, guard)
+        (turn, latency, chunk_chars, guard)
     };
-    let usage = json!({"message_type": "usage_statistics", "completion_tokens": 5, "prompt_tokens": 10, "total_tokens": 15, "step_count": 1, "run_ids": null, "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null, "context_tokens": 15});
-    let stop = json!({"message_type": "stop_reason", "stop_reason": "end_turn"});
+    let usage = json!({"message_type": "usage_statistics", "completion_tokens": 5 * turn.steps, "prompt_tokens": 10 * turn.steps, "total_tokens": 15 * turn.steps, "step_count": turn.steps, "run_ids": null, "cached_input_tokens": null, "cache_write_tokens": null, "reasoning_tokens": null, "context_tokens": 15});
+    let stop = |reason: &str| json!({"message_type": "stop_reason", "stop_reason": reason});
     if !streaming {
-        tokio::time::sleep(latency.0).await;
+        if !turn.parts.is_empty() {
+            tokio::time::sleep(latency.0).await;
+        }
         drop(guard);
-        let messages: Vec<&Value> = reasoning.iter().chain([&answer]).collect();
-        return Json(
-            json!({"messages": messages, "stop_reason": stop, "usage": usage, "logprobs": null, "turns": null}),
-        )
-        .into_response();
+        return match turn.end {
+            End::Stop(reason) => {
+                let messages: Vec<&Value> = turn.parts.iter().map(|part| &part.item).collect();
+                Json(json!({"messages": messages, "stop_reason": stop(&reason), "usage": usage, "logprobs": null, "turns": null}))
+                    .into_response()
+            }
+            End::Error {
+                http: (status, body), ..
+            } => (status, Json(body)).into_response(),
+        };
     }
-    let pieces = |text: &str| {
-        if stream_tokens {
-            chunks(text, chunk_chars)
-        } else {
-            vec![text.to_owned()]
-        }
-    };
-    let ping = json!({"id": format!("ping-{}", uuid_like(0)), "date": answer["date"], "name": null, "message_type": "ping", "otid": null, "sender_id": null, "step_id": null, "is_err": null, "seq_id": null, "run_id": answer["run_id"]});
-    // (payload, wait before it)
+    let ping = json!({"id": format!("ping-{}", uuid_like(0)), "date": rfc3339_now(), "name": null, "message_type": "ping", "otid": null, "sender_id": null, "step_id": null, "is_err": null, "seq_id": null, "run_id": turn.run_id});
+    // (frame, wait before it)
     let mut events: VecDeque<(String, Duration)> = VecDeque::new();
-    events.push_back((ping.to_string(), Duration::ZERO));
-    let streamed = reasoning
-        .iter()
-        .map(|message| (message, "reasoning"))
-        .chain([(&answer, "content")]);
-    for (message, field) in streamed {
-        for piece in pieces(message[field].as_str().unwrap_or_default()) {
-            let mut chunk = message.clone();
-            chunk[field] = json!(piece);
+    events.push_back((data(&ping), Duration::ZERO));
+    for part in &turn.parts {
+        for chunk in chunked(part, stream_tokens, chunk_chars) {
             let wait = if events.len() == 1 { latency.0 } else { latency.1 };
-            events.push_back((chunk.to_string(), wait));
+            events.push_back((data(&chunk), wait));
         }
     }
-    events.push_back((stop.to_string(), Duration::ZERO));
-    events.push_back((usage.to_string(), Duration::ZERO));
-    events.push_back(("[DONE]".to_owned(), Duration::ZERO));
+    match &turn.end {
+        End::Stop(reason) => {
+            events.push_back((data(&stop(reason)), Duration::ZERO));
+            events.push_back((data(&usage), Duration::ZERO));
+        }
+        End::Error { stop_reason, error, .. } => {
+            events.push_back((data(&stop(stop_reason)), Duration::ZERO));
+            events.push_back((format!("event: error\n{}", data(error)), Duration::ZERO));
+        }
+    }
+    events.push_back(("data: [DONE]\n\n".to_owned(), Duration::ZERO));
     let stream = futures::stream::unfold((events, guard), |(mut events, guard)| async move {
-        let (payload, wait) = events.pop_front()?;
+        let (frame, wait) = events.pop_front()?;
         // A zero sleep still waits for the timer's next millisecond tick.
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Some((Ok::<_, Infallible>(format!("data: {payload}\n\n")), (events, guard)))
+        Some((Ok::<_, Infallible>(frame), (events, guard)))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+fn data(payload: &Value) -> String {
+    format!("data: {payload}\n\n")
+}
+
+fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default();
+    super::rfc3339_micros(now)
+}
+
+/// The chunks one part streams as: whole, or (with `stream_tokens`) deltas sharing id and otid.
+fn chunked(part: &Part, stream_tokens: bool, chunk_chars: usize) -> Vec<Value> {
+    let item = &part.item;
+    match part.delta {
+        _ if !stream_tokens => vec![item.clone()],
+        Delta::Whole => vec![item.clone()],
+        Delta::Text(field) => chunks(item[field].as_str().unwrap_or_default(), chunk_chars)
+            .into_iter()
+            .map(|piece| {
+                let mut chunk = item.clone();
+                chunk[field] = json!(piece);
+                chunk
+            })
+            .collect(),
+        // A tool call streams as `ToolCallDelta`s (one object, not a list): the name and id
+        // first, then the arguments piece by piece.
+        Delta::ToolCall => {
+            let call = &item["tool_call"];
+            let first = json!({"name": call["name"], "arguments": null, "tool_call_id": call["tool_call_id"]});
+            let pieces = chunks(call["arguments"].as_str().unwrap_or_default(), chunk_chars)
+                .into_iter()
+                .map(|piece| json!({"name": null, "arguments": piece, "tool_call_id": call["tool_call_id"]}));
+            std::iter::once(first)
+                .chain(pieces)
+                .map(|delta| {
+                    let mut chunk = item.clone();
+                    chunk["tool_call"] = delta.clone();
+                    chunk["tool_calls"] = delta;
+                    chunk
+                })
+                .collect()
+        }
+    }
 }
 
 /// Splits text into pieces of at most `size` characters, never inside a character.
@@ -270,31 +297,59 @@ pub(crate) struct ListQuery {
     order: Option<String>,
     after: Option<String>,
     before: Option<String>,
+    conversation_id: Option<String>,
 }
 
-/// `GET /v1/agents/{id}/messages`: newest first unless `order=asc`, cursors by message id.
+/// `GET /v1/agents/{id}/messages` as Letta 0.16.8 answers it: `after` is always newer and
+/// `before` always older than the cursor; `desc` picks the newest `limit` rows, `asc` the
+/// oldest, and either way the page reads oldest first. `limit` counts rows, not items.
 pub(crate) async fn list(
     State(world): State<Shared>,
     Path(agent_id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let world = world.lock().unwrap();
+    let mut world = world.lock().unwrap();
     if !world.agents.contains_key(&agent_id) {
-        return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
+        return detail(StatusCode::NOT_FOUND, "Agent not found");
     }
-    let mut messages = world.chats.messages(&agent_id);
-    if query.order.as_deref() != Some("asc") {
-        messages.reverse();
+    let rows = &world.chats.chat(&agent_id).rows;
+    let position = |cursor: &str| {
+        rows.iter()
+            .position(|row| row.items.iter().any(|item| item["id"] == cursor))
+    };
+    let mut range = 0..rows.len();
+    for (cursor, newer) in [(&query.after, true), (&query.before, false)] {
+        let Some(cursor) = cursor else { continue };
+        let Some(at) = position(cursor) else {
+            return detail(
+                StatusCode::NOT_FOUND,
+                format!("No message found with id '{cursor}' for agent '{agent_id}'."),
+            );
+        };
+        if newer {
+            range.start = range.start.max(at + 1);
+        } else {
+            range.end = range.end.min(at);
+        }
     }
-    let position = |cursor: &str| messages.iter().position(|m| m["id"] == cursor);
-    let start = query.after.as_deref().and_then(position).map_or(0, |at| at + 1);
-    let end = query.before.as_deref().and_then(position).unwrap_or(messages.len());
-    let page: Vec<Value> = messages[start.min(end)..end]
+    let selected: Vec<&Row> = rows
+        .get(range.start..range.end.max(range.start))
+        .unwrap_or_default()
         .iter()
-        .take(query.limit.unwrap_or(100))
-        .cloned()
+        .filter(|row| match query.conversation_id.as_deref() {
+            None => true,
+            Some("default") => row.conversation_id.is_none(),
+            Some(id) => row.conversation_id.as_deref() == Some(id),
+        })
         .collect();
-    Json(Value::Array(page)).into_response()
+    let limit = query.limit.unwrap_or(100).min(selected.len());
+    let page = if query.order.as_deref() == Some("asc") {
+        &selected[..limit]
+    } else {
+        &selected[selected.len() - limit..]
+    };
+    let items: Vec<Value> = page.iter().flat_map(|row| row.items.clone()).collect();
+    Json(Value::Array(items)).into_response()
 }
 
 #[cfg(test)]
