@@ -235,7 +235,7 @@ async fn a_real_agents_long_history_is_imported_whole_but_not_its_other_conversa
     assert_eq!(found, expected, "all 150, once each, in order");
     let answers = stack.shown(&agent.room, &agent.ghost).await;
     assert!(has_text(&answers, "m.text", "You said: old message 149"), "{answers:?}");
-    let everything = stack.alice.messages(&agent.room, 500).await.unwrap().to_string();
+    let everything = serde_json::Value::from(stack.alice.messages(&agent.room, 500).await.unwrap()).to_string();
     assert!(
         !everything.contains("a private conversation elsewhere"),
         "another conversation's messages stay out of the agent's room"

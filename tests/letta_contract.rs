@@ -208,10 +208,8 @@ async fn history_pages_both_ways_over_more_than_a_hundred_messages(letta: &Letta
 async fn two_turns_of_one_agent_at_once_are_both_answered(letta: &LettaServer) {
     let id = letta.create_agent(&unique("twin")).await;
     let (a, b) = (unique("otid"), unique("otid"));
-    let (first, second) = tokio::join!(
-        turn(letta, &id, &[said("first", &a)]),
-        turn(letta, &id, &[said("second", &b)])
-    );
+    let (one, two) = ([said("first", &a)], [said("second", &b)]);
+    let (first, second) = tokio::join!(turn(letta, &id, &one), turn(letta, &id, &two));
     for events in [&first, &second] {
         assert_eq!(
             stop_of(events),
@@ -234,7 +232,7 @@ async fn an_unknown_agent_and_a_bad_token_are_told_apart(letta: &LettaServer) {
     ));
     let wrong = letta_matrix::letta::LettaClient::new(
         letta.url.parse().unwrap(),
-        Some(letta_matrix::config::Secret::new("not-the-password".into())),
+        Some(letta_matrix::config::Secret::new("not-the-password")),
     );
     assert!(wrong.health().await.is_ok(), "health needs no token");
     match wrong.verify_token().await {
