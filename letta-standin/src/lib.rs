@@ -5,6 +5,9 @@
 //! request is counted so tests can assert what the bridge asked for.
 
 mod messages;
+mod replies;
+
+pub use replies::Replies;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,10 +128,15 @@ impl LettaStandin {
 
     /// Creates an agent the way `POST /v1/agents/` does and returns its id.
     pub fn create_agent(&self, name: &str, description: Option<&str>) -> String {
-        create(&mut self.world(), name, description)["id"]
+        create(&mut self.world(), None, name, description)["id"]
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Creates an agent with the id `id` (see [`agent_id_for`]).
+    pub fn create_agent_with_id(&self, id: &str, name: &str, description: Option<&str>) {
+        create(&mut self.world(), Some(id.to_owned()), name, description);
     }
 
     pub fn rename_agent(&self, agent_id: &str, name: &str) {
@@ -185,6 +193,11 @@ impl LettaStandin {
         self.world().chats.set_chunk_chars(chars);
     }
 
+    /// What agents answer when no reply is scripted ([`Replies::Echo`] unless set).
+    pub fn set_replies(&self, replies: Replies) {
+        self.world().chats.set_replies(replies);
+    }
+
     /// The agent's message history, oldest first.
     pub fn messages(&self, agent_id: &str) -> Vec<Value> {
         self.world().chats.messages(agent_id)
@@ -219,8 +232,8 @@ impl Drop for LettaStandin {
     }
 }
 
-fn create(world: &mut World, name: &str, description: Option<&str>) -> Value {
-    let id = format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1));
+fn create(world: &mut World, id: Option<String>, name: &str, description: Option<&str>) -> Value {
+    let id = id.unwrap_or_else(|| format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1)));
     let now = world.tick();
     let mut agent: Value = serde_json::from_str(AGENT_TEMPLATE).expect("the fixture is JSON");
     agent["id"] = json!(id);
@@ -268,6 +281,25 @@ fn uuid_like(salt: u64) -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("random bytes");
     bytes[0] ^= salt as u8;
+    uuid_shaped(bytes)
+}
+
+/// An agent id made from `name` alone, the same on every start: a bridge that kept its rooms
+/// between runs of a stand-in finds the same agents in them (the demo does).
+pub fn agent_id_for(name: &str) -> String {
+    // FNV-1a, twice with different offsets: stable across Rust versions, unlike std's hasher.
+    let fnv = |offset: u64| {
+        name.bytes().fold(offset, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+    format!("agent-{}", uuid_shaped(bytes))
+}
+
+fn uuid_shaped(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -371,7 +403,8 @@ async fn create_agent(State(world): State<Shared>, Json(body): Json<Value>) -> R
     let Some(name) = body["name"].as_str() else {
         return detail(StatusCode::UNPROCESSABLE_ENTITY, "name is required");
     };
-    Json(create(&mut world.lock().unwrap(), name, body["description"].as_str())).into_response()
+    let agent = create(&mut world.lock().unwrap(), None, name, body["description"].as_str());
+    Json(agent).into_response()
 }
 
 async fn update_agent(State(world): State<Shared>, Path(agent_id): Path<String>, Json(body): Json<Value>) -> Response {
@@ -408,6 +441,14 @@ mod tests {
         assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
         assert!(parts[2].starts_with('4'), "version 4: {id}");
         assert_ne!(uuid_like(7), uuid_like(7));
+    }
+
+    #[test]
+    fn ids_for_names_are_stable_and_distinct() {
+        assert_eq!(agent_id_for("Ada"), agent_id_for("Ada"));
+        assert_ne!(agent_id_for("Ada"), agent_id_for("Grace"));
+        assert!(agent_id_for("Ada").starts_with("agent-"));
+        assert_eq!(agent_id_for("Ada").len(), uuid_like(0).len() + "agent-".len());
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::replies::Replies;
 use super::{Shared, World, detail, uuid_like};
 
 /// The stand-in's tokens: this many characters per streamed chunk, as a tokenizer would cut.
@@ -27,6 +28,7 @@ pub(crate) struct Chats {
     by_agent: BTreeMap<String, Chat>,
     default_latency: (Duration, Duration),
     chunk_chars: Option<usize>,
+    replies: Replies,
 }
 
 #[derive(Default)]
@@ -62,6 +64,10 @@ impl Chats {
 
     pub(crate) fn set_chunk_chars(&mut self, chars: usize) {
         self.chunk_chars = Some(chars.max(1));
+    }
+
+    pub(crate) fn set_replies(&mut self, replies: Replies) {
+        self.replies = replies;
     }
 
     pub(crate) fn messages(&self, agent_id: &str) -> Vec<Value> {
@@ -182,11 +188,13 @@ pub(crate) async fn send(
             message["otid"] = input["otid"].clone();
             locked.chats.chat(&agent_id).messages.push(message);
         }
+        let replies = locked.chats.replies;
+        let agent_name = locked.agents[&agent_id]["name"].as_str().unwrap_or_default().to_owned();
         let chat = locked.chats.chat(&agent_id);
         let text = chat
             .scripted
             .pop_front()
-            .unwrap_or_else(|| format!("You said: {last_text}"));
+            .unwrap_or_else(|| replies.answer(&agent_name, &last_text));
         let reasoning = chat.scripted_reasoning.pop_front().map(|thought| {
             let message = reasoning_message(&mut locked, &thought, ids.clone());
             locked.chats.chat(&agent_id).messages.push(message.clone());
