@@ -5,8 +5,11 @@
 //! request is counted so tests can assert what the bridge asked for.
 
 mod messages;
+mod replies;
 mod tools;
 mod turn;
+
+pub use replies::Replies;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -143,6 +146,17 @@ impl LettaStandin {
         create_from(&mut self.world(), body)["id"].as_str().unwrap().to_owned()
     }
 
+    /// Creates an agent with the id `id` (see [`agent_id_for`]).
+    pub fn create_agent_with_id(&self, id: &str, name: &str, description: Option<&str>) {
+        create(
+            &mut self.world(),
+            Some(id.to_owned()),
+            name,
+            description,
+            "letta_v1_agent",
+        );
+    }
+
     pub fn rename_agent(&self, agent_id: &str, name: &str) {
         let mut world = self.world();
         let now = world.tick();
@@ -253,6 +267,11 @@ impl LettaStandin {
         self.world().chats.set_chunk_chars(chars);
     }
 
+    /// What agents answer when no reply is scripted ([`Replies::Echo`] unless set).
+    pub fn set_replies(&self, replies: Replies) {
+        self.world().chats.set_replies(replies);
+    }
+
     /// The agent's message history, oldest first.
     pub fn messages(&self, agent_id: &str) -> Vec<Value> {
         self.world().chats.messages(agent_id)
@@ -292,9 +311,9 @@ impl Drop for LettaStandin {
 fn create_from(world: &mut World, body: &Value) -> Value {
     let name = body["name"].as_str().unwrap_or_default();
     let agent_type = body["agent_type"].as_str().unwrap_or("letta_v1_agent");
-    let mut agent = create(world, name, body["description"].as_str(), agent_type);
+    let mut agent = create(world, None, name, body["description"].as_str(), agent_type);
     if body["enable_sleeptime"] == true {
-        let companion = create(world, &format!("{name}-sleeptime"), None, "sleeptime_agent");
+        let companion = create(world, None, &format!("{name}-sleeptime"), None, "sleeptime_agent");
         let (main_id, companion_id) = (agent["id"].clone(), companion["id"].clone());
         let group = json!({"id": format!("group-{}", uuid_like(world.clock)), "manager_type": "sleeptime", "agent_ids": [companion_id], "manager_agent_id": main_id, "sleeptime_agent_frequency": 5});
         for shape in [&mut world.agents, &mut world.listed] {
@@ -313,8 +332,8 @@ fn create_from(world: &mut World, body: &Value) -> Value {
     agent
 }
 
-fn create(world: &mut World, name: &str, description: Option<&str>, agent_type: &str) -> Value {
-    let id = format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1));
+fn create(world: &mut World, id: Option<String>, name: &str, description: Option<&str>, agent_type: &str) -> Value {
+    let id = id.unwrap_or_else(|| format!("agent-{}", uuid_like(world.clock + world.order.len() as u64 + 1)));
     let now = world.tick();
     let mut agent: Value = serde_json::from_str(AGENT_TEMPLATE).expect("the fixture is JSON");
     agent["id"] = json!(id);
@@ -375,6 +394,25 @@ fn uuid_like(salt: u64) -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("random bytes");
     bytes[0] ^= salt as u8;
+    uuid_shaped(bytes)
+}
+
+/// An agent id made from `name` alone, the same on every start: a bridge that kept its rooms
+/// between runs of a stand-in finds the same agents in them (the demo does).
+pub fn agent_id_for(name: &str) -> String {
+    // FNV-1a, twice with different offsets: stable across Rust versions, unlike std's hasher.
+    let fnv = |offset: u64| {
+        name.bytes().fold(offset, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+    format!("agent-{}", uuid_shaped(bytes))
+}
+
+fn uuid_shaped(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::replies::Replies;
 use super::turn::{self, Delta, End, Part, RowBuilder};
 use super::{Shared, World, detail, uuid_like};
 
@@ -28,6 +29,7 @@ pub(crate) struct Chats {
     by_agent: BTreeMap<String, Chat>,
     default_latency: (Duration, Duration),
     chunk_chars: Option<usize>,
+    pub(crate) replies: Replies,
 }
 
 /// One stored message as Letta's database holds it: one or more listed items sharing an `id`.
@@ -75,6 +77,10 @@ impl Chats {
 
     pub(crate) fn set_chunk_chars(&mut self, chars: usize) {
         self.chunk_chars = Some(chars.max(1));
+    }
+
+    pub(crate) fn set_replies(&mut self, replies: Replies) {
+        self.replies = replies;
     }
 
     /// Every item of the agent's history, oldest first.

@@ -461,3 +461,11 @@ async fn concurrent_turns_of_one_agent_all_succeed() {
     assert_eq!(statuses, [200, 200, 200]);
     assert_eq!(letta.max_concurrent(&agent), 3);
 }
+
+#[test]
+fn ids_for_names_are_stable_and_distinct() {
+    assert_eq!(agent_id_for("Ada"), agent_id_for("Ada"));
+    assert_ne!(agent_id_for("Ada"), agent_id_for("Grace"));
+    assert!(agent_id_for("Ada").starts_with("agent-"));
+    assert_eq!(agent_id_for("Ada").len(), uuid_like(0).len() + "agent-".len());
+}

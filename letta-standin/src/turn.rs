@@ -266,7 +266,8 @@ pub(crate) fn converse(world: &mut World, agent_id: &str, inputs: &[Value]) -> T
         parts.extend(returned(world, agent_id, &ids, &tool_call_id, "success", "ok"));
         steps += 1;
     }
-    let default = format!("You said: {last_text}");
+    let agent_name = world.agents[agent_id]["name"].as_str().unwrap_or_default().to_owned();
+    let default = world.chats.replies.answer(&agent_name, &last_text);
     let end = answer(world, agent_id, &ids, &default, &mut parts);
     Turn {
         run_id,

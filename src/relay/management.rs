@@ -35,7 +35,7 @@ impl Relay {
         let answer = if self.settings.admins.contains(&sender) {
             let text = incoming.body();
             let words: Vec<&str> = text.split_whitespace().collect();
-            self.run_command(&words).await?
+            self.run_command(row, &words).await?
         } else {
             "Sorry, only the bridge's admins can give commands here.".to_owned()
         };
@@ -46,7 +46,7 @@ impl Relay {
         Ok("done")
     }
 
-    async fn run_command(&self, words: &[&str]) -> Result<String, WorkError> {
+    async fn run_command(&self, row: &InboxRow, words: &[&str]) -> Result<String, WorkError> {
         let command = words.first().map(|w| w.trim_start_matches('!').to_lowercase());
         Ok(match (command.as_deref(), &words[1.min(words.len())..]) {
             (Some("help") | None, _) => HELP.to_owned(),
@@ -55,7 +55,7 @@ impl Relay {
                 self.sync_signal.notify_one();
                 "A sync pass is starting; `agents` and `status` show its result.".to_owned()
             }
-            (Some("status"), []) => self.status().await?,
+            (Some("status"), []) => self.status(row).await?,
             (Some("import-history"), [agent_id]) => match self.store.agent(agent_id).await? {
                 Some(_) => {
                     self.store.request_history_import(agent_id, true).await?;
@@ -98,13 +98,14 @@ impl Relay {
         Ok(lines.join("\n"))
     }
 
-    async fn status(&self) -> Result<String, WorkError> {
+    /// `command` is the row asking, which is not part of the queue it reports.
+    async fn status(&self, command: &InboxRow) -> Result<String, WorkError> {
         let sync = self.sync_state.read().expect("state lock").clone();
         let homeserver = match self.matrix.versions().await {
             Ok(_) => "ok".to_owned(),
             Err(error) => error.to_string(),
         };
-        let (pending, rooms) = self.store.inbox_backlog().await?;
+        let (pending, rooms) = self.store.inbox_backlog_besides(Some(command.id)).await?;
         let mut lines = vec![
             format!(
                 "- Letta: {}",

@@ -422,8 +422,16 @@ impl Store {
 
     /// Rows waiting for the relay, for `/status` and metrics.
     pub async fn inbox_backlog(&self) -> Result<(i64, i64), StoreError> {
+        self.inbox_backlog_besides(None).await
+    }
+
+    /// The backlog without row `besides`: a command asking for the backlog is itself pending
+    /// while it runs, and is not waiting for anyone.
+    pub async fn inbox_backlog_besides(&self, besides: Option<i64>) -> Result<(i64, i64), StoreError> {
+        // Row ids start at 1, so 0 leaves every row in.
         let (pending, rooms): (i64, i64) =
-            sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT room_id) FROM inbox WHERE state = 'pending'")
+            sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT room_id) FROM inbox WHERE state = 'pending' AND id <> $1")
+                .bind(besides.unwrap_or(0))
                 .fetch_one(&self.pool)
                 .await?;
         Ok((pending, rooms))

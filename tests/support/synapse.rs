@@ -246,6 +246,24 @@ fn encode(segment: &str) -> String {
 }
 
 impl Person {
+    /// Logs in with a password, as a client does with what the demo prints.
+    pub async fn log_in(base_url: &str, user: &str, password: &str) -> anyhow::Result<Person> {
+        let http = reqwest::Client::new();
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        let response = http
+            .post(format!("{base_url}/_matrix/client/v3/login"))
+            .json(&body)
+            .send()
+            .await?;
+        let login: Value = response.error_for_status()?.json().await?;
+        Ok(Person {
+            user_id: login["user_id"].as_str().context("no user_id")?.to_owned(),
+            access_token: login["access_token"].as_str().context("no access_token")?.to_owned(),
+            base_url: base_url.to_owned(),
+            http,
+        })
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut request = self
             .http
