@@ -32,6 +32,7 @@ letta_venv=$letta_home/venv
 letta_stamp=$letta_home/installed
 letta_run_dir=
 letta_server_pid=
+letta_launched_at=0
 
 _letta_want() {
     printf 'letta %s uv %s pgserver %s exclude-newer %s\n' \
@@ -133,17 +134,19 @@ _letta_pg() {
 # Stops a process of a run if it is alive and still the run's (its command line or its
 # environment names the run's dir: a pid may have been reused), waiting up to 10 s before SIGKILL.
 _letta_kill_from() {
-    local pid=$1 dir=$2 signal=${3:-TERM}
+    local pid=$1 dir=$2 signal=${3:-TERM} target=$1
     _letta_alive "$pid" || return 0
     { tr '\0' '\n' <"/proc/$pid/cmdline"; tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null |
         grep -qF "$dir" || return 0
-    kill "-$signal" "$pid" 2>/dev/null || return 0
+    # "group": the pid leads a process group (setsid), all of which is signalled.
+    [ "${4:-}" != group ] || target=-$pid
+    kill "-$signal" -- "$target" 2>/dev/null || return 0
     local i
     for i in $(seq 100); do
         _letta_alive "$pid" || return 0
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL -- "$target" 2>/dev/null || true
 }
 
 # Running: a zombie (dead, not yet reaped) is not.
@@ -154,7 +157,7 @@ _letta_alive() {
 # Stops what the run in dir $1 started and removes the dir.
 _letta_stop_run() {
     local dir=$1
-    _letta_kill_from "$(cat "$dir/letta.pid" 2>/dev/null)" "$dir"
+    _letta_kill_from "$(cat "$dir/letta.pid" 2>/dev/null)" "$dir" TERM group
     # SIGINT is PostgreSQL's fast shutdown.
     _letta_kill_from "$(head -n 1 "$dir/pg/postmaster.pid" 2>/dev/null)" "$dir" INT
     rm -rf "$dir"
@@ -214,57 +217,58 @@ launch_letta() {
         tail -n 20 "$log" "$letta_run_dir/postgres.log" >&2
         return 1
     }
-    # Migrations: pg8000 reaches a unix socket by its path, asyncpg by its dir.
-    (cd "$letta_home/migrations" && HOME=$letta_run_dir/home \
-        LETTA_PG_URI="postgresql://root@localhost/root?unix_sock=$socket_dir/.s.PGSQL.5432" \
-        "$letta_venv/bin/alembic" upgrade head) >>"$log" 2>&1 || {
-        printf "Letta's migrations failed; the end of %s:\n" "$log" >&2
-        tail -n 30 "$log" >&2
-        return 1
-    }
     letta_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     letta_token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
     export LETTA_MATRIX_TEST_LETTA_URL=http://127.0.0.1:$letta_port
     export LETTA_MATRIX_TEST_LETTA_TOKEN=$letta_token
     export LETTA_MATRIX_TEST_LETTA_LOG=$letta_run_dir/letta.log
-    # --secure: every route but /v1/health/ and /v1/ready/ wants `Authorization: Bearer TOKEN`.
-    # OPENAI_API_KEY: any value (Letta wants one for the openai endpoint type; each test agent
-    # names its own model endpoint). OPENAI_API_BASE: a closed local port, so that Letta's start-up
-    # model listing fails at once instead of reaching out. No SENTRY_DSN, no OTEL endpoint, no
-    # Datadog: Letta sends no telemetry.
-    (
-        cd "$letta_run_dir/home" || exit 1
-        unset SENTRY_DSN OTEL_EXPORTER_OTLP_ENDPOINT LETTA_OTEL_EXPORTER_OTLP_ENDPOINT
-        export HOME=$letta_run_dir/home \
-            LETTA_PG_URI="postgresql://root@localhost/root?host=$socket_dir" \
-            LETTA_SERVER_PASSWORD=$letta_token \
-            OPENAI_API_KEY=standin OPENAI_API_BASE=http://127.0.0.1:9/v1 \
-            LETTA_TELEMETRY_ENABLE_DATADOG=false
-        exec "$letta_venv/bin/letta" server --host 127.0.0.1 --port "$letta_port" --secure \
-            </dev/null >"$LETTA_MATRIX_TEST_LETTA_LOG" 2>&1
-    ) &
+    # Migrations then the server, in the background, in a session of their own (stop_letta ends
+    # the whole group). Migrations: pg8000 reaches a unix socket by its path; the server: asyncpg
+    # by its dir. --secure: every route but /v1/health/ and /v1/ready/ wants
+    # `Authorization: Bearer TOKEN`. OPENAI_API_KEY: any value (Letta wants one for the openai
+    # endpoint type; each test agent names its own model endpoint). OPENAI_API_BASE: a closed local
+    # port, so that Letta's start-up model listing fails at once instead of reaching out. No
+    # SENTRY_DSN, no OTEL endpoint, no Datadog: Letta sends no telemetry.
+    letta_launched_at=$SECONDS
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid env -u SENTRY_DSN -u OTEL_EXPORTER_OTLP_ENDPOINT -u LETTA_OTEL_EXPORTER_OTLP_ENDPOINT \
+        HOME="$letta_run_dir/home" \
+        LETTA_PG_URI="postgresql://root@localhost/root?host=$socket_dir" \
+        LETTA_SERVER_PASSWORD="$letta_token" \
+        OPENAI_API_KEY=standin OPENAI_API_BASE=http://127.0.0.1:9/v1 \
+        LETTA_TELEMETRY_ENABLE_DATADOG=false \
+        bash -c 'cd "$1/migrations" && LETTA_PG_URI=$4 "$2/bin/alembic" upgrade head >>"$3/setup.log" 2>&1 ||
+                     { echo "Letta migrations failed: see $3/setup.log"; exit 1; }
+                 cd "$3/home" && exec "$2/bin/letta" server --host 127.0.0.1 --port "$5" --secure' \
+        letta-run "$letta_home" "$letta_venv" "$letta_run_dir" \
+        "postgresql://root@localhost/root?unix_sock=$socket_dir/.s.PGSQL.5432" "$letta_port" \
+        </dev/null >"$LETTA_MATRIX_TEST_LETTA_LOG" 2>&1 &
     letta_server_pid=$!
     echo "$letta_server_pid" >"$letta_run_dir/letta.pid"
 }
 
-# Waits until the server launched by launch_letta answers /v1/health/.
+# Waits until the server launched by launch_letta answers /v1/health/, at most
+# LETTA_MATRIX_TEST_LETTA_START_TIMEOUT seconds (default 480) after the launch: migrations and
+# start-up take ~20 s and ~20-40 s on an idle machine, each several times that on a busy one.
 wait_letta() {
-    local timeout=${LETTA_MATRIX_TEST_LETTA_START_TIMEOUT:-240} start=$SECONDS
-    while [ $((SECONDS - start)) -lt "$timeout" ]; do
+    local timeout=${LETTA_MATRIX_TEST_LETTA_START_TIMEOUT:-480}
+    while [ $((SECONDS - letta_launched_at)) -lt "$timeout" ]; do
         if curl -fsS -m 5 "$LETTA_MATRIX_TEST_LETTA_URL/v1/health/" >/dev/null 2>&1; then
-            printf 'Letta %s answers at %s (after %ss)\n' "$LETTA_VERSION" "$LETTA_MATRIX_TEST_LETTA_URL" $((SECONDS - start))
+            printf 'Letta %s answers at %s (%ss after its launch)\n' "$LETTA_VERSION" \
+                "$LETTA_MATRIX_TEST_LETTA_URL" $((SECONDS - letta_launched_at))
             return 0
         fi
-        if ! kill -0 "$letta_server_pid" 2>/dev/null; then
-            printf 'Letta exited before answering; the end of %s:\n' "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
-            tail -n 40 "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
+        if ! _letta_alive "$letta_server_pid"; then
+            printf 'Letta exited before answering; the ends of %s and %s:\n' \
+                "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
+            tail -n 40 "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
             return 1
         fi
         sleep 1
     done
-    printf 'Letta did not answer %s/v1/health/ within %ss; the end of %s:\n' \
-        "$LETTA_MATRIX_TEST_LETTA_URL" "$timeout" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
-    tail -n 40 "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
+    printf 'Letta did not answer %s/v1/health/ within %ss of its launch; the ends of %s and %s:\n' \
+        "$LETTA_MATRIX_TEST_LETTA_URL" "$timeout" "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
+    tail -n 40 "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
     return 1
 }
 
