@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test: a real Letta 0.16.8 server for the tests, on its own PostgreSQL.
 #
 # install_letta  installs, once, into $letta_home (under LETTA_MATRIX_TEST_CACHE, default
@@ -51,6 +52,7 @@ _letta_logged() {
     "$@" >>"$letta_home/install.log" 2>&1 || status=$?
     printf '(exit %s after %ss)\n' "$status" $((SECONDS - start)) >>"$letta_home/install.log"
     if [ "$status" != 0 ]; then
+        # shellcheck disable=SC2016 # the backquotes are text
         printf 'letta install: `%s` failed (%s); the end of %s:\n' "$*" "$status" "$letta_home/install.log" >&2
         tail -n 30 "$letta_home/install.log" >&2
     fi
@@ -109,10 +111,12 @@ _install_letta_locked() {
     _letta_logged tar -xzf "$sdist" -C "$letta_home/migrations.tmp" --strip-components=1 \
         "letta-$LETTA_VERSION/alembic" "letta-$LETTA_VERSION/alembic.ini" || return 1
     mv "$letta_home/migrations.tmp" "$letta_home/migrations"
-    [ "$("$letta_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("letta"))' 2>/dev/null)" = "$LETTA_VERSION" ] && [ -x "$letta_venv/bin/letta" ] || {
-        echo "letta $LETTA_VERSION does not import from $letta_venv" >&2
+    local version
+    version=$("$letta_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("letta"))' 2>/dev/null)
+    if [ "$version" != "$LETTA_VERSION" ] || [ ! -x "$letta_venv/bin/letta" ]; then
+        echo "letta $LETTA_VERSION is not in $letta_venv after its install" >&2
         return 1
-    }
+    fi
     _letta_want >"$letta_stamp"
 }
 
@@ -141,8 +145,8 @@ _letta_kill_from() {
     # "group": the pid leads a process group (setsid), all of which is signalled.
     [ "${4:-}" != group ] || target=-$pid
     kill "-$signal" -- "$target" 2>/dev/null || return 0
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         _letta_alive "$pid" || return 0
         sleep 0.1
     done
@@ -190,6 +194,8 @@ _letta_reap_dead_runs() {
         printf 'removing the Letta run %s left by a run that no longer exists\n' "$dir"
         _letta_stop_run "$dir"
     done
+    # Server logs kept by failed runs (stop_letta PATH) go after a week.
+    find "$letta_home" -maxdepth 1 -name 'letta-*.log' -mtime +7 -delete 2>/dev/null || true
 }
 
 # Starts PostgreSQL, migrates it, and starts the server; does not wait for it (see wait_letta).
