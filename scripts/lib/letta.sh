@@ -80,7 +80,7 @@ _install_letta_locked() {
     command -v python3.11 >/dev/null || { echo "Letta's venv needs python3.11 on PATH" >&2; return 1; }
     rm -f "$letta_stamp" "$letta_home/install.log"
     local uv=$letta_home/tool/bin/uv
-    if [ "$(PYTHONPATH=$letta_home/tool "$uv" --version 2>/dev/null)" != "uv $LETTA_UV_VERSION" ]; then
+    if [ "$("$uv" --version 2>/dev/null | cut -d' ' -f1-2)" != "uv $LETTA_UV_VERSION" ]; then
         printf 'installing uv %s into %s\n' "$LETTA_UV_VERSION" "$letta_home/tool"
         rm -rf "$letta_home/tool"
         _letta_logged python3 -m pip install --disable-pip-version-check --no-warn-script-location \
@@ -93,9 +93,12 @@ _install_letta_locked() {
     _letta_logged "$uv" venv --python python3.11 --no-python-downloads "$letta_venv" || return 1
     # `letta[postgres]` would also build psycopg2 from source (pg_config and a compiler needed),
     # which Letta never imports: take the three drivers it does import instead.
-    _letta_logged "$uv" pip install --python "$letta_venv/bin/python" --no-python-downloads \
-        --exclude-newer "$LETTA_EXCLUDE_NEWER" \
-        "letta[server]==$LETTA_VERSION" asyncpg pg8000 pgvector "pgserver==$LETTA_PGSERVER_VERSION" || return 1
+    local packages=("letta[server]==$LETTA_VERSION" asyncpg pg8000 pgvector "pgserver==$LETTA_PGSERVER_VERSION")
+    # From uv's cache alone when it holds everything (seconds), else from PyPI.
+    "$uv" pip install --offline --python "$letta_venv/bin/python" --no-python-downloads \
+        --exclude-newer "$LETTA_EXCLUDE_NEWER" "${packages[@]}" >>"$letta_home/install.log" 2>&1 ||
+        _letta_logged "$uv" pip install --python "$letta_venv/bin/python" --no-python-downloads \
+            --exclude-newer "$LETTA_EXCLUDE_NEWER" "${packages[@]}" || return 1
     local sdist=$letta_home/letta-$LETTA_VERSION.tar.gz
     if [ ! -f "$sdist" ]; then
         printf 'fetching the letta %s sdist (its migrations) into %s\n' "$LETTA_VERSION" "$letta_home"
