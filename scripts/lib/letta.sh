@@ -89,7 +89,7 @@ _install_letta_locked() {
     printf 'installing letta %s and pgserver %s into %s (about 1 GB; a few minutes the first time)\n' \
         "$LETTA_VERSION" "$LETTA_PGSERVER_VERSION" "$letta_venv"
     rm -rf "$letta_venv"
-    export UV_CACHE_DIR=$letta_home/uv-cache
+    local -x UV_CACHE_DIR=$letta_home/uv-cache
     _letta_logged "$uv" venv --python python3.11 --no-python-downloads "$letta_venv" || return 1
     # `letta[postgres]` would also build psycopg2 from source (pg_config and a compiler needed),
     # which Letta never imports: take the three drivers it does import instead.
@@ -205,6 +205,10 @@ _letta_reap_dead_runs() {
 launch_letta() {
     letta_pg_bin=$letta_venv/lib/python3.11/site-packages/pgserver/pginstall/bin
     [ -x "$letta_pg_bin/postgres" ] || { echo "no PostgreSQL in $letta_venv: run install_letta" >&2; return 1; }
+    if [ "$(id -u)" = 0 ] && ! unshare --user --map-user=65534 --map-group=65534 true 2>/dev/null; then
+        echo "as root, Letta's PostgreSQL runs in a user namespace (unshare --user), which this machine refuses: run as another user" >&2
+        return 1
+    fi
     mkdir -p "$letta_home/runs"
     _letta_reap_dead_runs
     letta_run_dir=$(mktemp -d "$letta_home/runs/run.XXXXXX") || return 1
