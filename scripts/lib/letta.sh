@@ -143,8 +143,13 @@ _letta_pg() {
 _letta_kill_from() {
     local pid=$1 dir=$2 signal=${3:-TERM} target=$1
     _letta_alive "$pid" || return 0
-    { tr '\0' '\n' <"/proc/$pid/cmdline"; tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null |
-        grep -qF "$dir" || return 0
+    # (No pipe into grep -q here: under pipefail, its early exit would make the match a failure.)
+    local seen
+    seen=$({ tr '\0' '\n' <"/proc/$pid/cmdline" && tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null) || true
+    case $seen in
+        *"$dir"*) ;;
+        *) return 0 ;;
+    esac
     # "group": the pid leads a process group (setsid), all of which is signalled.
     [ "${4:-}" != group ] || target=-$pid
     kill "-$signal" -- "$target" 2>/dev/null || return 0
