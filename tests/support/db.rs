@@ -5,7 +5,10 @@ use letta_matrix::store::Store;
 use sqlx::Connection;
 
 pub const POSTGRES_ENV: &str = "LETTA_MATRIX_TEST_POSTGRES_URL";
-/// `scripts/test` drops every database with this prefix before a run.
+/// `scripts/test` gives each run its own prefix here (`letta_matrix_t_<run>_`) and drops the run's
+/// databases when it ends, or when a later run finds it dead.
+pub const POSTGRES_PREFIX_ENV: &str = "LETTA_MATRIX_TEST_POSTGRES_PREFIX";
+/// The prefix without `scripts/test`.
 pub const POSTGRES_PREFIX: &str = "letta_matrix_t_";
 
 pub struct TestDatabase {
@@ -27,7 +30,8 @@ impl TestDatabase {
         });
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).unwrap();
-        let name = format!("{POSTGRES_PREFIX}{}", hex::encode(random));
+        let prefix = std::env::var(POSTGRES_PREFIX_ENV).unwrap_or_else(|_| POSTGRES_PREFIX.to_owned());
+        let name = format!("{prefix}{}", hex::encode(random));
         sqlx::any::install_default_drivers();
         let mut admin = sqlx::AnyConnection::connect(&base)
             .await
