@@ -103,7 +103,7 @@ impl BusyKind {
             });
         if code.contains("PENDING_APPROVAL") || lower.contains("approval") {
             Self::PendingApproval
-        } else if code.contains("CONVERSATION_BUSY") || code.contains("BUSY") || lower.contains("busy") {
+        } else if code.contains("BUSY") || lower.contains("busy") || lower.contains("currently being processed") {
             Self::Conversation { run_id }
         } else if lower.contains("lock") {
             Self::Locked
