@@ -492,6 +492,11 @@ impl Relay {
     async fn apply_settings(&self, row: &InboxRow) -> Result<(), WorkError> {
         let event: serde_json::Value =
             serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("settings event: {e}")))?;
+        let sender = event["sender"].as_str().map(parse_user).transpose()?;
+        if !sender.as_deref().is_some_and(|sender| self.trusts(sender)) {
+            tracing::warn!(sender = ?event["sender"].as_str(), "ignored room settings from a user `allow` does not admit");
+            return Ok(());
+        }
         let content = &event["content"];
         let settings = RoomSettings {
             respond_to_all: content["respond_to"].as_str().map(|mode| mode == "all"),
