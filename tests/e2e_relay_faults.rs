@@ -159,14 +159,15 @@ async fn every_room_kept_waiting_by_a_failing_letta_is_told_once() {
     let stack = stack(
         "queued.test",
         &names,
-        &[("LETTA_MATRIX_RELAY_NOTICE_AFTER_MS", "20000")],
+        &[("LETTA_MATRIX_RELAY_NOTICE_AFTER_MS", "28000")],
     )
     .await;
     stack.letta.set_failing(Some(500));
     for agent in &stack.agents {
         stack.alice.send_text(&agent.room, "are you there?").await.unwrap();
     }
-    // The outage: thirty seconds, longer than the notice delay.
+    // The outage: thirty seconds, just past the notice delay, so that no retry need fail in
+    // between (retries of a fate lookup come 8 to 11 s apart).
     tokio::time::sleep(Duration::from_secs(30)).await;
     stack.letta.set_failing(None);
     for agent in &stack.agents {
