@@ -3,7 +3,7 @@
 //! like messages, so a message sent right after an invite finds the agent already there.
 
 use ruma::events::room::member::MembershipState;
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde::Deserialize;
 
 use super::{Relay, WorkError};
@@ -29,6 +29,12 @@ impl Relay {
         let event: MembershipEvent =
             serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("membership event: {e}")))?;
         let target = &event.state_key;
+        if event.content.membership == MembershipState::Invite && !self.trusts(&event.sender) {
+            // Rejecting an invite is leaving the room one is invited to.
+            self.matrix.leave(&event.room_id, target).await?;
+            tracing::warn!(inviter = %event.sender, invited = %target, room = %event.room_id, "declined an invite from a user `allow` does not admit");
+            return Ok(());
+        }
         if self.namespace.is_bot(target) {
             if event.content.membership == MembershipState::Invite {
                 self.matrix.join(event.room_id.into(), target).await?;
@@ -76,5 +82,14 @@ impl Relay {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whose invites and room settings count: the people agents serve, the admins, and the
+    /// bridge itself.
+    pub(super) fn trusts(&self, sender: &UserId) -> bool {
+        self.namespace.is_ours(sender)
+            || self.namespace.is_bot(sender)
+            || self.settings.admins.iter().any(|admin| admin == sender)
+            || super::is_allowed(&self.settings.allow, &self.settings.server_name, sender)
     }
 }

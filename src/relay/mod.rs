@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
+use tracing::Instrument;
 
 pub use pieces::send_in_pieces;
 pub use policy::{AllowRule, is_allowed};
@@ -35,6 +36,7 @@ use crate::error::WorkError;
 use crate::letta::{LettaClient, MessageCreate};
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
+use crate::outbound::RetryPolicy;
 use crate::store::{AgentRecord, InboxEvent, InboxRow, RoomSettings, Store};
 use incoming::Incoming;
 use reply::Placement;
@@ -49,6 +51,12 @@ const NAME_TTL: Duration = Duration::from_secs(300);
 const NAME_CACHE_LIMIT: usize = 10_000;
 /// How often the backlog gauge is refreshed.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Between redos of an event while the homeserver is down (each send retries briefly itself).
+const HOMESERVER_BACKOFF: RetryPolicy = RetryPolicy {
+    attempts: u32::MAX,
+    first_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(15),
+};
 
 pub struct Relay {
     settings: Arc<Settings>,
@@ -164,9 +172,13 @@ impl Relay {
     }
 
     async fn work_row(&self, row: &InboxRow) {
+        // Lanes interleave on one thread: the span must follow this row's future, not the thread.
         let span = tracing::info_span!("relay", event_id = row.event_id, room_id = row.room_id, kind = row.kind);
-        let _entered = span.enter();
-        let (state, error) = match self.process(row).await {
+        self.work_row_in_span(row).instrument(span).await;
+    }
+
+    async fn work_row_in_span(&self, row: &InboxRow) {
+        let (state, error) = match self.process_patiently(row).await {
             Ok(state) => (state, None),
             Err(error) => {
                 tracing::warn!(%error, "cannot relay an event");
@@ -181,6 +193,26 @@ impl Relay {
             Ok(true) => {}
             Ok(false) => tracing::warn!("the row's lease was lost before it was finished; another worker redoes it"),
             Err(error) => tracing::warn!(%error, "cannot mark a row finished; it will be redone"),
+        }
+    }
+
+    /// Processes a row, redoing it while the homeserver is unreachable or failing, up to
+    /// `relay_give_up_after_ms`. Redoing is safe: a turn already asked is looked up in Letta by its
+    /// `otid`, never asked again, and every send repeats its txn id.
+    async fn process_patiently(&self, row: &InboxRow) -> Result<&'static str, WorkError> {
+        let started = Instant::now();
+        let give_up = Duration::from_millis(self.settings.raw.relay_give_up_after_ms);
+        let mut attempt = 0;
+        loop {
+            match self.process(row).await {
+                Err(WorkError::Matrix(error)) if error.is_transient() && started.elapsed() < give_up => {
+                    attempt += 1;
+                    let delay = HOMESERVER_BACKOFF.delay(attempt);
+                    tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "homeserver failing; redoing the event later");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -403,6 +435,7 @@ impl Relay {
                 placement,
                 show_reasoning,
             })
+            .instrument(tracing::info_span!("turn", agent_id = agent.agent_id))
             .await;
         self.store.release_agent(&agent.agent_id, &self.owner).await?;
         outcome
@@ -492,6 +525,11 @@ impl Relay {
     async fn apply_settings(&self, row: &InboxRow) -> Result<(), WorkError> {
         let event: serde_json::Value =
             serde_json::from_str(&row.event_json).map_err(|e| WorkError::Invalid(format!("settings event: {e}")))?;
+        let sender = event["sender"].as_str().map(parse_user).transpose()?;
+        if !sender.as_deref().is_some_and(|sender| self.trusts(sender)) {
+            tracing::warn!(sender = ?event["sender"].as_str(), "ignored room settings from a user `allow` does not admit");
+            return Ok(());
+        }
         let content = &event["content"];
         let settings = RoomSettings {
             respond_to_all: content["respond_to"].as_str().map(|mode| mode == "all"),
@@ -517,7 +555,7 @@ fn short_hash(text: &str) -> String {
 
 /// The prefix of every txn id a turn uses: the cause and the agent (txn ids are scoped to the
 /// appservice, not to each ghost, so the agent must be part of it).
-pub(crate) fn txn_base(event_id: &str, agent_id: &str) -> String {
+pub fn txn_base(event_id: &str, agent_id: &str) -> String {
     format!("lm-{}-{agent_id}", short_hash(event_id))
 }
 

@@ -6,10 +6,14 @@
 //! looked up in the agent's messages first, and the answer found there is posted instead of
 //! asking again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::events::room::message::RoomMessageEventContent;
+use ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::reply::{self, Placement};
 use super::writer::{AsideKind, ReplyWriter};
@@ -17,6 +21,7 @@ use super::{Relay, WorkError};
 use crate::letta::{
     ApprovalDecision, BusyKind, EventStream, LettaError, MessageCreate, StopReason, StreamEvent, find_turn,
 };
+use crate::matrix::MatrixClient;
 use crate::outbound::RetryPolicy;
 use crate::store::{AgentRecord, InboxRow, now_ms};
 
@@ -30,6 +35,8 @@ const LOOKUP_WINDOW: usize = 100;
 const UNFINISHED_TURN_WAIT: Duration = Duration::from_secs(60);
 /// Typing notices last this long and are renewed before they run out.
 const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting turn's delay notice looks whether Letta has failed yet.
+const DELAY_CHECK: Duration = Duration::from_millis(250);
 
 pub(super) struct TurnRequest<'a> {
     pub row: &'a InboxRow,
@@ -76,11 +83,14 @@ impl Relay {
         // The receipt is for people; Letta need not wait for it.
         if let Ok(event_id) = ruma::OwnedEventId::try_from(row.event_id.as_str()) {
             let (matrix, room_id, ghost) = (self.matrix.clone(), turn.room_id.clone(), turn.ghost.clone());
-            tokio::spawn(async move {
-                if let Err(error) = matrix.read_receipt(&room_id, &event_id, &ghost).await {
-                    tracing::debug!(%error, "cannot send a read receipt");
+            tokio::spawn(
+                async move {
+                    if let Err(error) = matrix.read_receipt(&room_id, &event_id, &ghost).await {
+                        tracing::debug!(%error, "cannot send a read receipt");
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
         let typing = self.show_typing(turn.room_id.clone(), turn.ghost.clone());
         let mut writer = ReplyWriter::new(
@@ -92,25 +102,30 @@ impl Relay {
             turn.placement.clone(),
         );
         writer.show_reasoning = turn.show_reasoning;
+        writer.redone = fate_unknown;
 
         let started = Instant::now();
+        let delay = DelayNotice::start(
+            self.matrix.clone(),
+            &writer,
+            started + Duration::from_millis(self.settings.raw.relay_notice_after_ms),
+        );
         let backoff = RetryPolicy {
             attempts: u32::MAX,
             first_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
         };
         let mut attempt = 0;
-        let mut told_of_delay = false;
         let mut cleared_stale_approval = false;
         let outcome = loop {
             if fate_unknown {
-                match self.recover(&mut writer, agent_id, &otid, started).await {
+                match self.recover(&mut writer, &delay, agent_id, &otid, started).await {
                     Ok(Some(outcome)) => break outcome,
                     Ok(None) => {}
                     Err(WorkError::Letta(error)) if error.is_retryable() => {
                         attempt += 1;
                         if let Some(outcome) = self
-                            .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                            .wait_or_give_up(&writer, &delay, &error, started, attempt, &backoff)
                             .await?
                         {
                             break outcome;
@@ -121,7 +136,7 @@ impl Relay {
                 }
             }
             self.store.begin_turn(row, agent_id, &otid).await?;
-            match self.ask(&mut writer, agent_id, &turn.inputs, row).await? {
+            match self.ask(&mut writer, &delay, agent_id, &turn.inputs, row).await? {
                 Attempt::Finished {
                     stop_reason,
                     error,
@@ -151,7 +166,7 @@ impl Relay {
                     fate_unknown = true;
                     attempt += 1;
                     if let Some(outcome) = self
-                        .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                        .wait_or_give_up(&writer, &delay, &error, started, attempt, &backoff)
                         .await?
                     {
                         break outcome;
@@ -160,7 +175,7 @@ impl Relay {
                 Attempt::NotDone(error) => {
                     attempt += 1;
                     if let Some(outcome) = self
-                        .wait_or_give_up(&writer, &error, started, attempt, &backoff, &mut told_of_delay)
+                        .wait_or_give_up(&writer, &delay, &error, started, attempt, &backoff)
                         .await?
                     {
                         break outcome;
@@ -168,13 +183,17 @@ impl Relay {
                 }
             }
         };
-        typing.abort();
+        delay.over().await;
+        drop(typing);
         if let Err(error) = self.matrix.typing(&turn.room_id, &turn.ghost, None).await {
             tracing::debug!(%error, "cannot clear the typing notice");
         }
         let state = match &outcome {
             TurnOutcome::Answered(_) => "answered",
-            TurnOutcome::Failed(_) => "failed",
+            TurnOutcome::Failed(reason) => {
+                tracing::warn!(reason, "the turn failed; the room was told");
+                "failed"
+            }
         };
         self.store.finish_turn(&row.event_id, agent_id, state).await?;
         metrics::counter!("letta_matrix_relay_turns_total", "outcome" => state).increment(1);
@@ -186,6 +205,7 @@ impl Relay {
     async fn ask(
         &self,
         writer: &mut ReplyWriter<'_>,
+        delay: &DelayNotice,
         agent_id: &str,
         inputs: &[MessageCreate],
         row: &InboxRow,
@@ -193,7 +213,10 @@ impl Relay {
         metrics::histogram!("letta_matrix_relay_pickup_seconds")
             .record((now_ms() - row.received_at).max(0) as f64 / 1000.0);
         match self.letta.stream_turn(agent_id, inputs).await {
-            Ok(stream) => self.consume(writer, stream).await,
+            Ok(stream) => {
+                delay.over().await;
+                self.consume(writer, stream).await
+            }
             // Refused outright (4xx, busy, 429): nothing happened. Anything else may have.
             Err(error) if error.nothing_done() => Ok(Attempt::NotDone(error)),
             Err(error) => Ok(Attempt::Unknown(error)),
@@ -285,6 +308,7 @@ impl Relay {
     async fn recover(
         &self,
         writer: &mut ReplyWriter<'_>,
+        delay: &DelayNotice,
         agent_id: &str,
         otid: &str,
         started: Instant,
@@ -303,6 +327,7 @@ impl Relay {
                     "Letta had answered already; posting that answer"
                 );
                 metrics::counter!("letta_matrix_relay_recovered_total").increment(1);
+                delay.over().await;
                 for answer in answers {
                     writer.push_answer(&answer.id, &answer.text()).await?;
                 }
@@ -428,16 +453,15 @@ impl Relay {
         }
     }
 
-    /// Backs off before the next attempt, telling the room once when it takes long; gives up
-    /// (with a notice) after the configured time.
+    /// Backs off before the next attempt; gives up (with a notice) after the configured time.
     async fn wait_or_give_up(
         &self,
         writer: &ReplyWriter<'_>,
+        delay_notice: &DelayNotice,
         error: &LettaError,
         started: Instant,
         attempt: u32,
         backoff: &RetryPolicy,
-        told_of_delay: &mut bool,
     ) -> Result<Option<TurnOutcome>, WorkError> {
         let waited = started.elapsed();
         let raw = &self.settings.raw;
@@ -446,17 +470,13 @@ impl Relay {
                 "⚠️ I could not reach my agent for {} minutes and gave up on this message ({error}).",
                 waited.as_secs() / 60
             );
+            delay_notice.over().await;
             self.post_notice(writer, "gave-up", &message).await?;
             return Ok(Some(TurnOutcome::Failed(error.to_string())));
         }
         // Busy agents are ordinary: they are waited for without telling anyone.
-        if !*told_of_delay
-            && !matches!(error, LettaError::Busy { .. })
-            && waited >= Duration::from_millis(raw.relay_notice_after_ms)
-        {
-            *told_of_delay = true;
-            let message = "⏳ My agent server is not answering right now. Your message is queued and I will answer when it is back.";
-            self.post_notice(writer, "delayed", message).await?;
+        if !matches!(error, LettaError::Busy { .. }) {
+            delay_notice.failing().await;
         }
         let delay = error.retry_after().unwrap_or_else(|| backoff.delay(attempt));
         tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "Letta turn failed; retrying");
@@ -477,17 +497,117 @@ impl Relay {
         Ok(())
     }
 
-    /// Keeps the ghost typing until the returned task is aborted.
-    fn show_typing(&self, room_id: OwnedRoomId, ghost: OwnedUserId) -> tokio::task::JoinHandle<()> {
+    /// Keeps the ghost typing until the returned task is dropped.
+    fn show_typing(&self, room_id: OwnedRoomId, ghost: OwnedUserId) -> Background {
         let matrix = self.matrix.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = matrix.typing(&room_id, &ghost, Some(TYPING_TIMEOUT)).await {
-                    tracing::debug!(%error, "cannot send a typing notice");
+        Background(tokio::spawn(
+            async move {
+                loop {
+                    if let Err(error) = matrix.typing(&room_id, &ghost, Some(TYPING_TIMEOUT)).await {
+                        tracing::debug!(%error, "cannot send a typing notice");
+                    }
+                    tokio::time::sleep(TYPING_TIMEOUT * 2 / 3).await;
                 }
-                tokio::time::sleep(TYPING_TIMEOUT * 2 / 3).await;
             }
-        })
+            .in_current_span(),
+        ))
+    }
+}
+
+/// A task that lives as long as its turn, however the turn ends (an error included).
+struct Background(JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delay {
+    /// Letta has not failed this turn (it may be thinking, or busy).
+    Waiting,
+    /// Letta failed; the room is told once the turn has waited long enough.
+    Failing,
+    /// Told, or no longer waiting.
+    Over,
+}
+
+/// The "queued" notice: a timer of its own, so that every turn kept waiting past
+/// `relay_notice_after_ms` by a failing Letta gets it, however long the gaps between retries.
+/// The state's lock is held while posting, so an answer never overtakes its notice.
+struct DelayNotice {
+    state: Arc<tokio::sync::Mutex<Delay>>,
+    _timer: Background,
+}
+
+impl DelayNotice {
+    fn start(matrix: MatrixClient, writer: &ReplyWriter<'_>, due: Instant) -> Self {
+        let state = Arc::new(tokio::sync::Mutex::new(Delay::Waiting));
+        let post = DelayPost {
+            matrix,
+            room_id: writer.room_id().to_owned(),
+            ghost: writer.ghost().to_owned(),
+            txn: writer.txn("n-delayed"),
+            content: reply::notice(
+                "⏳ My agent server is not answering right now. Your message is queued and I will answer when it is back.",
+            ),
+        };
+        let timer = Background(tokio::spawn(post.when_due(state.clone(), due).in_current_span()));
+        Self { state, _timer: timer }
+    }
+
+    async fn failing(&self) {
+        let mut state = self.state.lock().await;
+        if *state == Delay::Waiting {
+            *state = Delay::Failing;
+        }
+    }
+
+    /// Waits for a notice being posted, so that what follows comes after it.
+    async fn over(&self) {
+        *self.state.lock().await = Delay::Over;
+    }
+}
+
+struct DelayPost {
+    matrix: MatrixClient,
+    room_id: OwnedRoomId,
+    ghost: OwnedUserId,
+    txn: OwnedTransactionId,
+    content: RoomMessageEventContent,
+}
+
+impl DelayPost {
+    async fn when_due(self, state: Arc<tokio::sync::Mutex<Delay>>, due: Instant) {
+        tokio::time::sleep_until(due.into()).await;
+        let mut attempt = 0;
+        loop {
+            {
+                let mut state = state.lock().await;
+                match *state {
+                    Delay::Over => return,
+                    Delay::Waiting => {}
+                    Delay::Failing => {
+                        let sent = self
+                            .matrix
+                            .send_message(&self.room_id, self.txn.clone(), &self.content, Some(&self.ghost))
+                            .await;
+                        match sent {
+                            Ok(_) => {
+                                *state = Delay::Over;
+                                return;
+                            }
+                            Err(error) => {
+                                attempt += 1;
+                                tracing::warn!(%error, attempt, "cannot post the notice that Letta is not answering");
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(DELAY_CHECK).await;
+        }
     }
 }
 

@@ -39,6 +39,9 @@ struct Part {
     event_id: Option<OwnedEventId>,
     /// The text the room shows now.
     shown: String,
+    /// Whether the first post may be answered with an earlier try's event (same txn id), whose
+    /// text is unknown: the part is then completed by an edit.
+    unsure: bool,
     edits: u32,
     last_post: Instant,
     first_token: Instant,
@@ -57,6 +60,8 @@ pub(super) struct ReplyWriter<'a> {
     aside: Option<Aside>,
     asides_posted: u32,
     pub show_reasoning: bool,
+    /// A turn redone after a crash or an outage: any part it posts may exist already.
+    pub redone: bool,
     /// When the last token arrived, for the "final token → Matrix send" figure.
     pub last_token_at: Option<Instant>,
 }
@@ -82,6 +87,7 @@ impl<'a> ReplyWriter<'a> {
             aside: None,
             asides_posted: 0,
             show_reasoning: false,
+            redone: false,
             last_token_at: None,
         }
     }
@@ -157,10 +163,12 @@ impl<'a> ReplyWriter<'a> {
             .sent_by_txn(self.txn(&format!("p{}", self.parts.len())).as_str())
             .await?;
         let now = Instant::now();
+        let event_id = posted.and_then(|sent| OwnedEventId::try_from(sent.event_id).ok());
         self.parts.push(Part {
             letta_id: letta_id.to_owned(),
             text,
-            event_id: posted.and_then(|sent| OwnedEventId::try_from(sent.event_id).ok()),
+            unsure: self.redone && event_id.is_none(),
+            event_id,
             shown: String::new(),
             edits: 0,
             last_post: now,
@@ -228,12 +236,20 @@ impl<'a> ReplyWriter<'a> {
         })
     }
 
-    /// Shows the newest part as it is now.
+    /// Shows the newest part as it is now. A homeserver that is down only delays this: the
+    /// stream goes on, and the final text is posted (and waited for) at the end.
     pub async fn flush_latest(&mut self) -> Result<(), WorkError> {
         self.split_overflow().await?;
-        match self.parts.len().checked_sub(1) {
-            Some(index) => self.flush(index, false).await,
-            None => Ok(()),
+        let Some(index) = self.parts.len().checked_sub(1) else {
+            return Ok(());
+        };
+        match self.flush(index, false).await {
+            Err(WorkError::Matrix(error)) if error.is_transient() => {
+                tracing::warn!(%error, "cannot show the answer growing; the whole of it follows");
+                self.parts[index].last_post = Instant::now();
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -247,9 +263,16 @@ impl<'a> ReplyWriter<'a> {
     }
 
     async fn flush(&mut self, index: usize, last: bool) -> Result<(), WorkError> {
+        // A first post that turns out unsure is followed at once by the final edit.
+        while self.flush_once(index, last).await? && last {}
+        Ok(())
+    }
+
+    /// Posts or edits the part once; true when the room may still not show its text.
+    async fn flush_once(&mut self, index: usize, last: bool) -> Result<bool, WorkError> {
         let part = &self.parts[index];
         if part.text.trim().is_empty() || (part.text == part.shown && part.event_id.is_some()) {
-            return Ok(());
+            return Ok(false);
         }
         let text = part.text.clone();
         let letta_id = part.letta_id.clone();
@@ -271,12 +294,21 @@ impl<'a> ReplyWriter<'a> {
                 (self.txn(&suffix), reply::replacement(&text, original.clone()))
             }
         };
-        let event_id = self
+        let sent = self
             .relay
             .matrix
             .send_message(&self.room_id, txn.clone(), &content, Some(&self.ghost))
-            .await?;
+            .await;
         let part = &mut self.parts[index];
+        let event_id = match sent {
+            Ok(event_id) => event_id,
+            Err(error) => {
+                // The post may have reached the homeserver: a repeat returns that event.
+                part.unsure |= part.event_id.is_none();
+                return Err(error.into());
+            }
+        };
+        let mut unseen = false;
         if part.event_id.is_none() {
             self.relay
                 .store
@@ -290,11 +322,12 @@ impl<'a> ReplyWriter<'a> {
                 )
                 .await?;
             part.event_id = Some(event_id);
+            unseen = std::mem::take(&mut part.unsure);
         } else {
             part.edits += 1;
         }
-        part.shown = text;
+        part.shown = if unseen { String::new() } else { text };
         part.last_post = Instant::now();
-        Ok(())
+        Ok(unseen)
     }
 }

@@ -109,6 +109,11 @@ impl Synapse {
         }
     }
 
+    /// Starts a stopped Synapse again on its own data and port: the end of an outage.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.launch().await
+    }
+
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
         self.launch().await
