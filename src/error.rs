@@ -2,6 +2,8 @@
 //! JSON built with ruma's error types so the shape is the spec's; `WorkError` for the background
 //! workers (sync, relay, history import), which share their failures.
 
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::PathRejection;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use ruma::api::{
@@ -67,6 +69,17 @@ impl AppError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
         }
+    }
+}
+
+/// axum's `Path`, refusing an undecodable segment (`%FF`) with Matrix error JSON, not plain text.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub struct PathParam<T>(pub T);
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::InvalidParam(rejection.body_text())
     }
 }
 

@@ -24,7 +24,7 @@ pub use history::HistoryImport;
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
 pub use leader::Leadership;
 pub use relay::{RoomSettings, SentMessage, TurnRecord};
-pub use transactions::TransactionOutcome;
+pub use transactions::{TransactionOutcome, transaction_key};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
