@@ -19,7 +19,7 @@ use support::chat::shown_messages;
 use support::stack::{Stack, stack};
 use support::wait::eventually;
 
-const SECRET: &str = "mcp-secret-for-tests";
+const SECRET: &str = "mcp-secret-for-tests-of-at-least-32-bytes";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 type Client = RunningService<RoleClient, ()>;

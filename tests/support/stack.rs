@@ -6,7 +6,7 @@ use std::time::Duration;
 use letta_standin::LettaStandin;
 
 use super::chat::{Shown, shown_messages};
-use super::service::{Installation, Served};
+use super::service::{ADMIN_TOKEN, Installation, Served};
 use super::synapse::{Person, Synapse};
 use super::wait::eventually;
 
@@ -64,7 +64,7 @@ async fn build(
     prepare(&letta, &ids);
     let mut install = Installation::new(server);
     install.set("LETTA_MATRIX_LETTA_URL", letta.url());
-    install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    install.set("LETTA_MATRIX_ADMIN_TOKEN", ADMIN_TOKEN);
     install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
     install.set("LETTA_MATRIX_INVITE", format!("@alice:{server}"));
     install.set("LETTA_MATRIX_RELAY_EDIT_INTERVAL_MS", "300");
