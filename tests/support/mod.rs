@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod db;
+pub mod proxy;
 pub mod service;
 pub mod stack;
 pub mod synapse;
