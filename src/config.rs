@@ -53,6 +53,14 @@ pub struct Config {
     pub log_filter: String,
     /// Larger transaction bodies are refused with `M_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// On every listener: a connection is closed when a request's head is not complete this long
+    /// after the connection opened or after its previous response (so also when idle).
+    pub http_header_timeout_ms: u64,
+    /// On every listener: a request whose body has not fully arrived this long after its head is
+    /// answered 408 and its connection closed.
+    pub http_body_timeout_ms: u64,
+    /// On every listener: at most this many open connections; more wait to be accepted.
+    pub http_max_connections: usize,
     /// How often Letta's agent list is compared with Matrix.
     pub sync_interval_ms: u64,
     /// How many agents are brought into Matrix at once.
@@ -115,6 +123,10 @@ impl Default for Config {
             log_filter: "info".into(),
             // Synapse batches up to 100 PDUs and 100 EDUs of at most 64 KiB each.
             max_body_bytes: 32 * 1024 * 1024,
+            http_header_timeout_ms: 30_000,
+            // A full 32 MiB body in a minute needs about 4.5 Mbit/s.
+            http_body_timeout_ms: 60_000,
+            http_max_connections: 512,
             sync_interval_ms: 1000,
             sync_concurrency: 4,
             space_name: "Letta Agents".into(),
@@ -412,6 +424,12 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024".into()));
+        }
+        if self.http_header_timeout_ms < 100 || self.http_body_timeout_ms < 100 || self.http_max_connections == 0 {
+            return Err(invalid(
+                "http_header_timeout_ms and http_body_timeout_ms must be at least 100, http_max_connections at least 1"
+                    .into(),
+            ));
         }
         check_secret("mcp_secret", self.mcp_secret.as_ref())?;
         check_secret("admin_token", self.admin_token.as_ref())?;

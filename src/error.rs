@@ -43,6 +43,8 @@ pub enum AppError {
     BadJson(String),
     #[error("the body is larger than the {0}-byte limit")]
     TooLarge(usize),
+    #[error("the body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     InvalidParam(String),
     #[error("{0}")]
@@ -63,6 +65,7 @@ impl AppError {
             Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown),
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
             Self::Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
