@@ -414,9 +414,15 @@ async fn a_lowercase_bearer_scheme_is_accepted_on_every_route() {
             .body(Body::empty())
             .unwrap()
     };
-    let query = with(Request::get("/_matrix/app/v1/users/@letta_bot:example.org"), &h.hs_token);
+    let query = with(
+        Request::get("/_matrix/app/v1/users/@letta_bot:example.org"),
+        &h.hs_token,
+    );
     assert_eq!(h.call(query).await.0, StatusCode::OK);
-    assert_eq!(h.call(with(Request::get("/status"), ADMIN_TOKEN)).await.0, StatusCode::OK);
+    assert_eq!(
+        h.call(with(Request::get("/status"), ADMIN_TOKEN)).await.0,
+        StatusCode::OK
+    );
     let import = with(Request::post("/admin/agents/agent-x/import-history"), ADMIN_TOKEN);
     assert_matrix_error(&h.call(import).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
 
@@ -464,10 +470,6 @@ async fn undecodable_paths_and_wrong_methods_get_matrix_errors() {
             .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
             .body(Body::empty())
             .unwrap();
-        assert_matrix_error(
-            &h.call(request).await,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "M_UNRECOGNIZED",
-        );
+        assert_matrix_error(&h.call(request).await, StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED");
     }
 }

@@ -211,7 +211,9 @@ fn the_sqlite_files_are_private_even_under_umask_000() {
         .envs(MINIMAL.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LETTA_MATRIX_") && !k.starts_with("LETTA_MATRIX_TEST")) {
+    for (key, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("LETTA_MATRIX_") && !k.starts_with("LETTA_MATRIX_TEST"))
+    {
         if !MINIMAL.iter().any(|(k, _)| *k == key) {
             command.env_remove(key);
         }
