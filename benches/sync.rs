@@ -182,7 +182,10 @@ async fn on_synapse(sizes: &Sizes) {
         ("LETTA_MATRIX_HOMESERVER_URL", synapse.base_url()),
         ("LETTA_MATRIX_LETTA_URL", letta.url()),
         ("LETTA_MATRIX_INVITE", alice.user_id.clone()),
-        ("LETTA_MATRIX_ADMIN_TOKEN", "bench".to_owned()),
+        (
+            "LETTA_MATRIX_ADMIN_TOKEN",
+            "bench-admin-token-0123456789abcdef".to_owned(),
+        ),
         ("LETTA_MATRIX_LOG_FILTER", "warn".to_owned()),
     ] {
         install.set(key, value);

@@ -19,7 +19,7 @@ use crate::namespace::Namespace;
 use crate::relay::Relay;
 use crate::store::Store;
 use crate::sync::{Reconciler, SharedSyncState};
-use crate::{appservice, ops, registration, telemetry};
+use crate::{appservice, ops, registration, server, telemetry};
 
 /// How long processed transaction ids (homeservers retry only their latest one) and finished inbox
 /// events (a group room's context reaches back to the agent's last turn) are kept.
@@ -136,14 +136,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if let (Some(mcp), None) = (&mcp, mcp_bind) {
         main_router = main_router.merge(mcp.clone());
     }
-    let mut servers = vec![spawn_server(listener, main_router, shutdown.clone())];
+    let limits = server::Limits::of(&state.settings.raw);
+    let mut servers = vec![spawn_server(listener, main_router, limits, shutdown.clone())];
     let mcp_address = match (mcp, mcp_bind) {
         (Some(mcp), Some(mcp_bind)) => {
             let listener = TcpListener::bind(mcp_bind)
                 .await
                 .with_context(|| format!("cannot listen on {mcp_bind} (mcp_bind)"))?;
             let address = listener.local_addr()?;
-            servers.push(spawn_server(listener, mcp, shutdown.clone()));
+            servers.push(spawn_server(listener, mcp, limits, shutdown.clone()));
             Some(address)
         }
         _ => None,
@@ -157,7 +158,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             let ops = ops::router()
                 .layer(axum::middleware::from_fn(telemetry::record_http_metrics))
                 .with_state(state.clone());
-            servers.push(spawn_server(listener, ops, shutdown.clone()));
+            servers.push(spawn_server(listener, ops, limits, shutdown.clone()));
             Some(ops_address)
         }
         None => None,
@@ -183,13 +184,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 fn spawn_server(
     listener: TcpListener,
     router: Router,
+    limits: server::Limits,
     shutdown: ShutdownSignal,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.wait())
-            .await
-    })
+    tokio::spawn(server::serve(listener, router, limits, shutdown.wait()))
 }
 
 fn spawn_pruning(store: Store) {

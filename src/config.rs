@@ -56,6 +56,14 @@ pub struct Config {
     pub log_filter: String,
     /// Larger transaction bodies are refused with `M_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// On every listener: a connection is closed when a request's head is not complete this long
+    /// after the connection opened or after its previous response (so also when idle).
+    pub http_header_timeout_ms: u64,
+    /// On every listener: a request whose body has not fully arrived this long after its head is
+    /// answered 408 and its connection closed.
+    pub http_body_timeout_ms: u64,
+    /// On every listener: at most this many open connections; more wait to be accepted.
+    pub http_max_connections: usize,
     /// How often Letta's agent list is compared with Matrix.
     pub sync_interval_ms: u64,
     /// How many agents are brought into Matrix at once.
@@ -119,6 +127,10 @@ impl Default for Config {
             log_filter: "info".into(),
             // Synapse batches up to 100 PDUs and 100 EDUs of at most 64 KiB each.
             max_body_bytes: 32 * 1024 * 1024,
+            http_header_timeout_ms: 30_000,
+            // A full 32 MiB body in a minute needs about 4.5 Mbit/s.
+            http_body_timeout_ms: 60_000,
+            http_max_connections: 512,
             sync_interval_ms: 1000,
             sync_concurrency: 4,
             space_name: "Letta Agents".into(),
@@ -417,6 +429,14 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024".into()));
         }
+        if self.http_header_timeout_ms < 100 || self.http_body_timeout_ms < 100 || self.http_max_connections == 0 {
+            return Err(invalid(
+                "http_header_timeout_ms and http_body_timeout_ms must be at least 100, http_max_connections at least 1"
+                    .into(),
+            ));
+        }
+        check_secret("mcp_secret", self.mcp_secret.as_ref())?;
+        check_secret("admin_token", self.admin_token.as_ref())?;
         Ok(Settings {
             server_name,
             homeserver_url,
@@ -444,6 +464,29 @@ impl Config {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// The least length of `mcp_secret` and `admin_token`: a guessed one lets anyone act as any agent
+/// or read every room id.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn check_secret(key: &str, secret: Option<&Secret>) -> Result<(), ConfigError> {
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let length = secret.expose().trim().len();
+    if length >= MIN_SECRET_BYTES {
+        return Ok(());
+    }
+    let what = if length == 0 {
+        "is empty".to_owned()
+    } else {
+        format!("has {length} bytes")
+    };
+    Err(ConfigError::Invalid(format!(
+        "{key} {what}; it needs at least {MIN_SECRET_BYTES}: make one with `openssl rand -hex 32` \
+         (or leave {key} unset to turn its endpoints off)"
+    )))
 }
 
 fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
@@ -557,6 +600,26 @@ mod tests {
         let example = include_str!("../config.example.toml");
         let settings = Settings::from_parts(example, Some(Path::new("config.example.toml")), &[]).unwrap();
         assert_eq!(settings.invite.len(), 1);
+    }
+
+    #[test]
+    fn short_or_blank_secrets_are_refused_with_a_way_to_make_one() {
+        let padded = format!("  {}  ", "s".repeat(20));
+        for key in ["LETTA_MATRIX_MCP_SECRET", "LETTA_MATRIX_ADMIN_TOKEN"] {
+            for value in ["", "   ", "a", "31-bytes-xxxxxxxxxxxxxxxxxxxxxx", padded.as_str()] {
+                let mut vars = env(MINIMAL);
+                vars.push((key.into(), value.into()));
+                let err = Settings::from_parts("", None, &vars).unwrap_err().to_string();
+                let name = key.trim_start_matches(ENV_PREFIX).to_lowercase();
+                assert!(
+                    err.contains(&name) && err.contains("openssl rand -hex 32"),
+                    "{key}={value:?}: {err}"
+                );
+            }
+            let mut vars = env(MINIMAL);
+            vars.push((key.into(), "k".repeat(MIN_SECRET_BYTES)));
+            assert!(Settings::from_parts("", None, &vars).is_ok(), "{key} of 32 bytes");
+        }
     }
 
     #[test]

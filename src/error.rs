@@ -2,6 +2,8 @@
 //! JSON built with ruma's error types so the shape is the spec's; `WorkError` for the background
 //! workers (sync, relay, history import), which share their failures.
 
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::PathRejection;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use ruma::api::{
@@ -41,6 +43,8 @@ pub enum AppError {
     BadJson(String),
     #[error("the body is larger than the {0}-byte limit")]
     TooLarge(usize),
+    #[error("the body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     InvalidParam(String),
     #[error("{0}")]
@@ -61,12 +65,24 @@ impl AppError {
             Self::NotJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::NotJson),
             Self::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadJson),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown),
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
             Self::Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
         }
+    }
+}
+
+/// axum's `Path`, refusing an undecodable segment (`%FF`) with Matrix error JSON, not plain text.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub struct PathParam<T>(pub T);
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::InvalidParam(rejection.body_text())
     }
 }
 

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod outbound;
 pub mod registration;
 pub mod relay;
+pub mod server;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -1,5 +1,7 @@
 //! `/health` (the process answers), `/ready` (it can do its job) and `/metrics` (Prometheus).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -9,7 +11,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, PathParam};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,6 +23,7 @@ pub fn router() -> Router<AppState> {
             "/admin/agents/{agent_id}/import-history",
             axum::routing::post(import_history),
         )
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
 }
 
 /// The operator's token: `admin_token` must be set, and the request must carry it.
@@ -30,11 +33,7 @@ fn require_admin(state: &AppState, headers: &http::HeaderMap) -> Result<(), AppE
             "the admin endpoints are off; set admin_token to enable them".into(),
         ));
     };
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AppError::MissingToken)?;
+    let given = crate::appservice::bearer_token(headers).ok_or(AppError::MissingToken)?;
     if !crate::appservice::tokens_match(given, expected.expose()) {
         return Err(AppError::Forbidden);
     }
@@ -44,7 +43,7 @@ fn require_admin(state: &AppState, headers: &http::HeaderMap) -> Result<(), AppE
 /// Imports an agent's Letta history into its room again (what is there already is skipped).
 async fn import_history(
     State(state): State<AppState>,
-    axum::extract::Path(agent_id): axum::extract::Path<String>,
+    PathParam(agent_id): PathParam<String>,
     headers: http::HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
     require_admin(&state, &headers)?;
@@ -60,6 +59,10 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
+/// A database that has not answered `/ready` within this is down for it: otherwise the pool would
+/// keep the probe waiting its whole acquire timeout (10 s), longer than most probes wait.
+const READY_DATABASE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Ready means accepted transactions can be stored: that is what the homeserver depends on, so
 /// only the database decides the status code. A Letta outage is reported as `degraded`, because
 /// taking us out of service would stop the homeserver from delivering what we can keep for later.
@@ -71,7 +74,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         sync.letta.clone()
     };
     let degraded = letta != "ok";
-    match state.store.ping().await {
+    let ping = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", READY_DATABASE_TIMEOUT.as_millis())),
+    };
+    match ping {
         Ok(()) => (
             StatusCode::OK,
             Json(json!({
@@ -83,7 +90,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         ),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "database": error.to_string(), "letta": letta})),
+            Json(json!({"status": "unavailable", "database": error, "letta": letta})),
         ),
     }
 }

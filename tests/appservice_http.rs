@@ -17,13 +17,17 @@ const SERVER: &str = "example.org";
 
 struct Harness {
     router: axum::Router,
+    state: AppState,
     hs_token: String,
     store: Store,
     _db: TestDatabase,
 }
 
 async fn harness_with(extra_env: &[(&str, &str)]) -> Harness {
-    let db = TestDatabase::sqlite();
+    harness_on(TestDatabase::sqlite(), extra_env).await
+}
+
+async fn harness_on(db: TestDatabase, extra_env: &[(&str, &str)]) -> Harness {
     let mut env = vec![
         ("LETTA_MATRIX_SERVER_NAME".to_string(), SERVER.to_string()),
         (
@@ -38,7 +42,8 @@ async fn harness_with(extra_env: &[(&str, &str)]) -> Harness {
     let store = db.open().await;
     let state = AppState::new(settings, store.clone(), &registration);
     Harness {
-        router: router(state, true),
+        router: router(state.clone(), true),
+        state,
         hs_token: registration.hs_token,
         store,
         _db: db,
@@ -288,4 +293,183 @@ async fn ops_routes_report_health_readiness_and_metrics() {
     h.store.close().await;
     let unready = h.call(plain("/ready")).await;
     assert_eq!(unready.0, StatusCode::SERVICE_UNAVAILABLE, "{unready:?}");
+}
+
+#[tokio::test]
+async fn a_reused_transaction_id_with_new_events_is_stored() {
+    let h = harness().await;
+    let ok = (StatusCode::OK, json!({}));
+    assert_eq!(
+        h.call(h.put_transaction("1", transaction(vec![text_event(1)]))).await,
+        ok
+    );
+    // Synapse on SQLite numbers transactions from 1 again after a restart.
+    let after_restart = transaction(vec![text_event(2), text_event(3)]);
+    assert_eq!(h.call(h.put_transaction("1", after_restart.clone())).await, ok);
+    assert_eq!(h.stored().await, 3, "the new events behind the old id are stored");
+    assert_eq!(h.call(h.put_transaction("1", after_restart)).await, ok);
+    assert_eq!(h.stored().await, 3);
+    let (_, Value::String(metrics)) = h.call(Request::get("/metrics").body(Body::empty()).unwrap()).await else {
+        panic!("metrics are text")
+    };
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("letta_matrix_transactions_reused_total")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_json_array_is_not_a_transaction() {
+    let h = harness().await;
+    // serde would read the array positionally as the struct's `events` field.
+    let array = json!([[text_event(1)]]).to_string();
+    assert_matrix_error(
+        &h.call(h.put_transaction("arr", array)).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    assert_eq!(h.stored().await, 0);
+    assert!(!h.store.is_transaction_processed("arr").await.unwrap());
+}
+
+on_both_engines!(what_cannot_be_stored_is_acknowledged_and_the_rest_stored);
+
+/// What PostgreSQL cannot store (a NUL, a 10,000-character key) must not fail the transaction:
+/// the homeserver would retry it forever and deliver nothing after it.
+async fn what_cannot_be_stored_is_acknowledged_and_the_rest_stored(db: TestDatabase) {
+    let h = harness_on(db, &[]).await;
+    let ok = (StatusCode::OK, json!({}));
+    let long_id = "7".repeat(10_000);
+    assert_eq!(
+        h.call(h.put_transaction(&long_id, transaction(vec![text_event(1)])))
+            .await,
+        ok
+    );
+    assert_eq!(
+        h.call(h.put_transaction("a%00b", transaction(vec![text_event(2)])))
+            .await,
+        ok
+    );
+    let mut nul_events = Vec::new();
+    for field in ["event_id", "room_id", "sender"] {
+        let mut event = text_event(10 + nul_events.len() as u32);
+        let value = event[field].as_str().unwrap().to_owned();
+        event[field] = json!(format!("{}\0{}", &value[..1], &value[1..]));
+        nul_events.push(event);
+    }
+    nul_events.push(text_event(3));
+    assert_eq!(h.call(h.put_transaction("nul", transaction(nul_events))).await, ok);
+    let lane: Vec<String> = h
+        .store
+        .inbox_for_room("!room:example.org")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event_id)
+        .collect();
+    assert_eq!(lane, ["$ev1", "$ev2", "$ev3"]);
+    assert_eq!(
+        h.call(h.put_transaction(&long_id, transaction(vec![text_event(1)])))
+            .await,
+        ok
+    );
+    assert!(h.store.is_transaction_processed("a\0b").await.unwrap());
+}
+
+#[tokio::test]
+async fn ready_answers_at_once_when_the_database_is_gone() {
+    let mut db = TestDatabase::postgres().await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = support::proxy::TcpProxy::start(target.parse().unwrap()).await;
+    db.url = db.url.replacen(&target, &proxy.address.to_string(), 1);
+    let h = harness_on(db, &[]).await;
+    let ready = || Request::get("/ready").body(Body::empty()).unwrap();
+    assert_eq!(h.call(ready()).await.0, StatusCode::OK);
+    proxy.cut().await;
+    // The pool alone would keep the probe waiting its 10 s acquire timeout.
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(5), h.call(ready()))
+        .await
+        .expect("/ready answers while the database is down");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert!(body["database"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+}
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-http-tests-0123456789";
+const MCP_SECRET: &str = "mcp-secret-for-the-http-tests-0123456789";
+
+#[tokio::test]
+async fn a_lowercase_bearer_scheme_is_accepted_on_every_route() {
+    let h = harness_with(&[
+        ("LETTA_MATRIX_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("LETTA_MATRIX_MCP_SECRET", MCP_SECRET),
+    ])
+    .await;
+    let with = |request: http::request::Builder, token: &str| {
+        request
+            .header("Authorization", format!("bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let query = with(
+        Request::get("/_matrix/app/v1/users/@letta_bot:example.org"),
+        &h.hs_token,
+    );
+    assert_eq!(h.call(query).await.0, StatusCode::OK);
+    assert_eq!(
+        h.call(with(Request::get("/status"), ADMIN_TOKEN)).await.0,
+        StatusCode::OK
+    );
+    let import = with(Request::post("/admin/agents/agent-x/import-history"), ADMIN_TOKEN);
+    assert_matrix_error(&h.call(import).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    let mcp = letta_matrix::mcp::router(&h.state).unwrap();
+    let token = letta_matrix::mcp::agent_token(&letta_matrix::config::Secret::new(MCP_SECRET), "agent-1");
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let request = Request::post("/mcp")
+            .header("Host", "letta-matrix")
+            .header("Authorization", format!("{scheme} {token}"))
+            .header("x-agent-id", "agent-1")
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(Body::from(initialize.to_string()))
+            .unwrap();
+        let response = mcp.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{scheme}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+#[tokio::test]
+async fn undecodable_paths_and_wrong_methods_get_matrix_errors() {
+    let h = harness_with(&[("LETTA_MATRIX_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    for path in ["/_matrix/app/v1/users/%FF", "/_matrix/app/v1/rooms/%23a%FF"] {
+        assert_matrix_error(&h.call(h.get(path)).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    }
+    let txn = h.put_transaction("%FF", transaction(vec![text_event(1)]));
+    assert_matrix_error(&h.call(txn).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let import = Request::post("/admin/agents/%FF/import-history")
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_matrix_error(&h.call(import).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    for (method, path) in [
+        ("GET", "/admin/agents/a/import-history"),
+        ("DELETE", "/status"),
+        ("POST", "/ready"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_matrix_error(&h.call(request).await, StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED");
+    }
 }

@@ -122,11 +122,16 @@ async fn the_latest_history_appears_in_order_at_its_original_times() {
         .await;
     let http = reqwest::Client::new();
     let url = |agent_id: &str| format!("{}/admin/agents/{agent_id}/import-history", stack.install.base_url());
-    let queued = http.post(url(&agent.id)).bearer_auth("admin").send().await.unwrap();
+    let queued = http
+        .post(url(&agent.id))
+        .bearer_auth(support::service::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(queued.status(), 202);
     let unknown = http
         .post(url("agent-nobody"))
-        .bearer_auth("admin")
+        .bearer_auth(support::service::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

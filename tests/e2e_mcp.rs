@@ -20,7 +20,7 @@ use support::letta_server::LettaServer;
 use support::stack::{Stack, real_stack, stack};
 use support::wait::eventually;
 
-const SECRET: &str = "mcp-secret-for-tests";
+const SECRET: &str = "mcp-secret-for-tests-of-at-least-32-bytes";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 type Client = RunningService<RoleClient, ()>;

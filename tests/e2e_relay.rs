@@ -344,6 +344,27 @@ async fn a_replayed_transaction_or_event_gets_no_second_answer() {
 }
 
 #[tokio::test]
+async fn after_synapse_restarts_its_transaction_numbering_messages_are_still_answered() {
+    let mut stack = stack("renumber.test", &["Helper"], &[]).await;
+    let agent = &stack.agents[0];
+    stack.alice.send_text(&agent.room, "before the restart").await.unwrap();
+    stack.wait_for_answers(agent, 1, |_| true).await;
+    // Synapse on SQLite numbers appservice transactions from its emptied table: 1, 2, 3… again.
+    stack.synapse.restart_when_delivered().await.unwrap();
+    stack.alice.send_text(&agent.room, "after the restart").await.unwrap();
+    let shown = stack
+        .wait_for_answers(agent, 2, |s| s[1].body.ends_with("after the restart"))
+        .await;
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    let log = stack.served.as_ref().unwrap().log();
+    assert!(
+        log.contains("transaction id seen before with other events"),
+        "the restart reused transaction ids, as it does in production:\n{log}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn letta_failing_then_recovering_gets_a_notice_then_one_answer() {
     let stack = stack(
         "outage.test",

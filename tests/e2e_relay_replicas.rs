@@ -34,7 +34,7 @@ async fn replicas_answer_every_message_once_in_order_and_take_over_a_dead_ones_r
     let mut first = Installation::new(SERVER);
     first.set("LETTA_MATRIX_LETTA_URL", letta.url());
     first.set("LETTA_MATRIX_DATABASE_URL", database.url.clone());
-    first.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    first.set("LETTA_MATRIX_ADMIN_TOKEN", support::service::ADMIN_TOKEN);
     first.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
     first.set("LETTA_MATRIX_INVITE", format!("@alice:{SERVER}"));
     first.set("LETTA_MATRIX_RELAY_LEASE_MS", "2000");

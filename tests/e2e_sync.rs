@@ -15,7 +15,7 @@ use support::synapse::{Person, Synapse, free_port};
 use support::wait::eventually;
 
 const SERVER: &str = "sync.test";
-const ADMIN_TOKEN: &str = "status-token-for-tests";
+const ADMIN_TOKEN: &str = "status-token-for-tests-0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Stack {

@@ -13,7 +13,7 @@ use support::synapse::Synapse;
 use support::wait::eventually;
 
 const SERVER: &str = "more.test";
-const ADMIN_TOKEN: &str = "status-token-for-tests";
+const ADMIN_TOKEN: &str = "status-token-for-tests-0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn installation(synapse_url: Option<&str>, letta_url: &str, database_url: Option<&str>) -> Installation {

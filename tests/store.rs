@@ -2,7 +2,7 @@
 
 mod support;
 
-use letta_matrix::store::{InboxEvent, InboxState, NewInboxEvent, Store, TransactionOutcome};
+use letta_matrix::store::{InboxEvent, InboxState, NewInboxEvent, Store, TransactionOutcome, transaction_key};
 use support::db::TestDatabase;
 
 on_both_engines!(
@@ -10,6 +10,8 @@ on_both_engines!(
     event_in_two_transactions_is_stored_once,
     large_transaction_keeps_order_per_room,
     concurrent_delivery_of_one_transaction_stores_once,
+    reused_transaction_id_with_other_events_is_processed,
+    any_transaction_id_is_stored,
     migrations_are_tracked,
     agents_are_found_by_ghost_and_alias,
     agent_rooms_track_joins_and_leaves,
@@ -45,7 +47,7 @@ async fn transaction_is_stored_once(db: TestDatabase) {
     assert_eq!(lane[0].event_json, r#"{"n":1}"#);
     assert_eq!(
         (lane[0].state.as_str(), lane[0].kind.as_str(), lane[0].txn_id.as_str()),
-        ("pending", "message", "t1")
+        ("pending", "message", transaction_key("t1").as_str())
     );
     assert!(store.is_transaction_processed("t1").await.unwrap());
     assert_eq!(store.inbox_count(InboxState::Pending).await.unwrap(), 2);
@@ -100,6 +102,58 @@ async fn concurrent_delivery_of_one_transaction_stores_once(db: TestDatabase) {
         .count();
     assert_eq!(stored, 1, "{outcomes:?}");
     assert_eq!(store.inbox_for_room("!a:x").await.unwrap().len(), 20);
+}
+
+async fn reused_transaction_id_with_other_events_is_processed(db: TestDatabase) {
+    let store = db.open().await;
+    let before = vec![message(1, "!a:x"), message(2, "!a:x")];
+    store.record_transaction("1", &before).await.unwrap();
+    // Synapse on SQLite, restarted, numbers its transactions from 1 again.
+    let after = vec![message(3, "!a:x")];
+    assert_eq!(
+        store.record_transaction("1", &after).await.unwrap(),
+        TransactionOutcome::Reused { events: 1 }
+    );
+    assert_eq!(
+        store.record_transaction("1", &after).await.unwrap(),
+        TransactionOutcome::Duplicate,
+        "the retry of the new transaction is recognised"
+    );
+    // An old event delivered again with a new one: only the new one is stored.
+    let mixed = vec![message(2, "!a:x"), message(4, "!a:x")];
+    assert_eq!(
+        store.record_transaction("1", &mixed).await.unwrap(),
+        TransactionOutcome::Reused { events: 1 }
+    );
+    let lane: Vec<String> = store
+        .inbox_for_room("!a:x")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event_id)
+        .collect();
+    assert_eq!(lane, ["$event1", "$event2", "$event3", "$event4"]);
+}
+
+/// PostgreSQL cannot index a 10,000-character text nor store a NUL; the homeserver chooses the id.
+async fn any_transaction_id_is_stored(db: TestDatabase) {
+    let store = db.open().await;
+    for (n, txn_id) in ["x".repeat(10_000), "a\0b".to_owned(), "\u{1F600}/..%".to_owned()]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            store.record_transaction(txn_id, &[message(n, "!a:x")]).await.unwrap(),
+            TransactionOutcome::Stored { events: 1 },
+            "a txn id of {} bytes",
+            txn_id.len()
+        );
+        assert_eq!(
+            store.record_transaction(txn_id, &[message(n, "!a:x")]).await.unwrap(),
+            TransactionOutcome::Duplicate
+        );
+        assert!(store.is_transaction_processed(txn_id).await.unwrap());
+    }
 }
 
 async fn migrations_are_tracked(db: TestDatabase) {

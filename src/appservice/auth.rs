@@ -15,7 +15,8 @@ pub async fn require_hs_token(
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let token = bearer_token(&request)
+    let token = bearer_token(request.headers())
+        .map(str::to_owned)
         .or_else(|| query_token(&request))
         .ok_or(AppError::MissingToken)?;
     if !tokens_match(&token, state.hs_token.expose()) {
@@ -25,10 +26,16 @@ pub async fn require_hs_token(
     Ok(next.run(request).await)
 }
 
-fn bearer_token(request: &Request) -> Option<String> {
-    let header = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = header.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+/// The `Authorization` header's value, if it is text.
+pub fn authorization(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(http::header::AUTHORIZATION)?.to_str().ok()
+}
+
+/// The token of `Authorization: Bearer <token>`, the one reading of that header for every route.
+/// Schemes are case-insensitive (RFC 9110), so `bearer` counts too.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let (scheme, token) = authorization(headers)?.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn query_token(request: &Request) -> Option<String> {
@@ -62,7 +69,19 @@ mod tests {
             .header("Authorization", "Bearer  h-t ")
             .body(axum::body::Body::empty())
             .unwrap();
-        assert_eq!(bearer_token(&request).as_deref(), Some("h-t"));
+        assert_eq!(bearer_token(request.headers()), Some("h-t"));
         assert_eq!(query_token(&request).as_deref(), Some("q+t"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t", "bearer t", "BEARER t", "bEaReR   t "] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, header.parse().unwrap());
+            assert_eq!(bearer_token(&headers), Some("t"), "{header}");
+        }
+        let mut basic = http::HeaderMap::new();
+        basic.insert(http::header::AUTHORIZATION, "Basic t".parse().unwrap());
+        assert_eq!(bearer_token(&basic), None);
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::{get, post, put};
 use crate::app::AppState;
 use crate::error::AppError;
 
-pub use auth::tokens_match;
+pub use auth::{authorization, bearer_token, tokens_match};
 pub use transactions::classify;
 
 pub fn router(state: AppState) -> Router<AppState> {

@@ -1,15 +1,18 @@
 //! The homeserver asks whether users and aliases in our namespace exist, and pings us.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ruma::{OwnedRoomAliasId, OwnedUserId};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, PathParam};
 
 /// A user exists for the homeserver when it is our bot or the ghost of an agent we know.
-pub async fn query_user(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<Value>, AppError> {
+pub async fn query_user(
+    State(state): State<AppState>,
+    PathParam(user_id): PathParam<String>,
+) -> Result<Json<Value>, AppError> {
     let user_id = OwnedUserId::try_from(user_id.as_str())
         .map_err(|e| AppError::InvalidParam(format!("`{user_id}` is not a user id: {e}")))?;
     if !state.namespace.is_ours(&user_id) {
@@ -33,7 +36,7 @@ pub async fn query_user(State(state): State<AppState>, Path(user_id): Path<Strin
 /// Aliases exist once the agent's room has been created and published by the sync reconciler.
 pub async fn query_room_alias(
     State(state): State<AppState>,
-    Path(room_alias): Path<String>,
+    PathParam(room_alias): PathParam<String>,
 ) -> Result<Json<Value>, AppError> {
     let alias = OwnedRoomAliasId::try_from(room_alias.as_str())
         .map_err(|e| AppError::InvalidParam(format!("`{room_alias}` is not a room alias: {e}")))?;

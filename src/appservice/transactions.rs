@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use ruma::api::IncomingRequestExt;
 use ruma::api::appservice::event::push_events;
 use ruma::events::AnyTimelineEvent;
@@ -14,18 +14,22 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, PathParam};
 use crate::namespace::Namespace;
 use crate::store::{InboxEvent, NewInboxEvent, TransactionOutcome};
 
 pub async fn push_events(
     State(state): State<AppState>,
-    Path(txn_id): Path<String>,
+    PathParam(txn_id): PathParam<String>,
     request: Request,
 ) -> Result<Json<Value>, AppError> {
     let (parts, body) = request.into_parts();
     let bytes = read_limited(body, &parts.headers, state.settings.raw.max_body_bytes).await?;
     serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| AppError::NotJson(e.to_string()))?;
+    // serde reads a struct from an array too, field by field, so `[[event]]` would pass as a transaction.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AppError::BadJson("a transaction is a JSON object".into()));
+    }
     let http_request = http::Request::from_parts(parts, bytes.as_ref());
     let transaction = push_events::v1::Request::try_from_http_request(http_request, &[txn_id.as_str()])
         .map_err(|e| AppError::BadJson(e.to_string()))?;
@@ -48,14 +52,23 @@ pub async fn push_events(
             tracing::debug!(txn_id = %transaction.txn_id, "transaction seen before; acknowledged again");
         }
         TransactionOutcome::Stored { events: stored } => {
-            metrics::counter!("letta_matrix_events_stored_total").increment(stored);
-            if stored > 0 {
-                state.inbox_signal.notify_one();
-            }
+            stored_events(&state, stored);
             tracing::debug!(txn_id = %transaction.txn_id, received = transaction.events.len(), stored, "transaction stored");
+        }
+        TransactionOutcome::Reused { events: stored } => {
+            metrics::counter!("letta_matrix_transactions_reused_total").increment(1);
+            stored_events(&state, stored);
+            tracing::info!(txn_id = %transaction.txn_id, received = transaction.events.len(), stored, "transaction id seen before with other events (the homeserver restarted its numbering?); processed as new");
         }
     }
     Ok(Json(json!({})))
+}
+
+fn stored_events(state: &AppState, stored: u64) {
+    metrics::counter!("letta_matrix_events_stored_total").increment(stored);
+    if stored > 0 {
+        state.inbox_signal.notify_one();
+    }
 }
 
 /// Reads the body, refusing it with `M_TOO_LARGE` as soon as it passes `limit` bytes.
@@ -140,14 +153,21 @@ pub fn classify(raw: &Raw<AnyTimelineEvent>, namespace: &Namespace) -> Option<Ne
         }
         _ => return None,
     };
-    Some(NewInboxEvent {
+    let event = NewInboxEvent {
         event_id: envelope.event_id.to_string(),
         room_id: envelope.room_id.to_string(),
         sender: envelope.sender.to_string(),
         event_type: envelope.event_type,
         kind,
         event_json: raw.json().get().to_owned(),
-    })
+    };
+    if !event.is_storable() {
+        // Refusing the transaction instead would make the homeserver retry it forever.
+        metrics::counter!("letta_matrix_events_unstorable_total").increment(1);
+        tracing::warn!(event_id = ?event.event_id, room_id = ?event.room_id, "skipping an event with a NUL character in its ids or type");
+        return None;
+    }
+    Some(event)
 }
 
 #[cfg(test)]

@@ -79,12 +79,10 @@ async fn authenticate(State(secret): State<Arc<Secret>>, mut request: Request, n
             "missing x-agent-id header: Letta sends it with every MCP call",
         );
     };
-    let Some(token) = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // Letta sends `auth_token` as the whole header value; people write it with or without "Bearer ".
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+    // Letta sends `auth_token` as the whole header value; people write it with or without "Bearer ".
+    let headers = request.headers();
+    let Some(token) =
+        crate::appservice::bearer_token(headers).or_else(|| crate::appservice::authorization(headers).map(str::trim))
     else {
         return refusal(
             StatusCode::UNAUTHORIZED,

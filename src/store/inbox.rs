@@ -80,6 +80,17 @@ pub struct NewInboxEvent {
     pub event_json: String,
 }
 
+impl NewInboxEvent {
+    /// PostgreSQL's text holds no NUL character, and a row it refuses would fail the homeserver's
+    /// transaction for good; such an event is dropped on both engines alike. (`event_json` keeps
+    /// a NUL escaped, as JSON must.)
+    pub fn is_storable(&self) -> bool {
+        [&self.event_id, &self.room_id, &self.sender, &self.event_type]
+            .iter()
+            .all(|text| !text.contains('\0'))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct InboxRow {
     pub id: i64,
@@ -89,6 +100,7 @@ pub struct InboxRow {
     pub event_type: String,
     pub kind: String,
     pub event_json: String,
+    /// The delivering transaction's key (see `transaction_key`).
     pub txn_id: String,
     pub received_at: i64,
     pub state: String,
@@ -105,7 +117,7 @@ const ROWS_PER_STATEMENT: usize = 100;
 /// another transaction) is skipped, so the relay never sees it twice.
 pub(super) async fn insert_events(
     tx: &mut Transaction<'_, Any>,
-    txn_id: &str,
+    txn_key: &str,
     received_at: i64,
     events: &[NewInboxEvent],
 ) -> Result<u64, StoreError> {
@@ -121,7 +133,7 @@ pub(super) async fn insert_events(
                 .bind(&event.event_type)
                 .bind(event.kind.as_str())
                 .bind(&event.event_json)
-                .bind(txn_id)
+                .bind(txn_key)
                 .bind(received_at);
         }
         stored += query.execute(&mut **tx).await?.rows_affected();

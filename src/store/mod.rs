@@ -24,7 +24,7 @@ pub use history::HistoryImport;
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
 pub use leader::Leadership;
 pub use relay::{RoomSettings, SentMessage, TurnRecord};
-pub use transactions::TransactionOutcome;
+pub use transactions::{TransactionOutcome, transaction_key};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -83,7 +83,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         if backend == Backend::Sqlite {
-            create_sqlite_parent_dir(url)?;
+            prepare_sqlite_file(url)?;
         }
         let options = AnyConnectOptions::from_str(url)?
             .log_statements(tracing::log::LevelFilter::Trace)
@@ -162,24 +162,61 @@ impl Store {
     }
 }
 
-fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
+/// Makes the database's directory (0700) and a missing database file (0600) before SQLite opens
+/// them: they hold every message people sent, whatever the umask. SQLite gives `-wal` and `-shm`
+/// the database file's mode. A missing file is created unless the URL asks for `mode=ro` or
+/// `mode=rw`, so `sqlite://path` works as the default URL (`?mode=rwc`) does.
+fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let mode = url::form_urlencoded::parse(params.as_bytes())
+        .find(|(key, _)| key == "mode")
+        .map(|(_, value)| value.into_owned());
+    if database.is_empty() || database == ":memory:" || mode.as_deref() == Some("memory") {
         return Ok(());
     }
-    if let Some(parent) = std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent).map_err(|e| {
+    // sqlx decodes the path the same way, to allow `?` and `#` in file names.
+    let path = percent_encoding::percent_decode_str(database)
+        .decode_utf8()
+        .map_err(|e| StoreError::Config(format!("the database path is not UTF-8 once decoded: {e}")))?;
+    let path = std::path::Path::new(&*path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        private_dir_builder().create(parent).map_err(|e| {
             StoreError::Config(format!(
                 "cannot create the database directory {}: {e}",
                 parent.display()
             ))
         })?;
     }
+    if matches!(mode.as_deref(), None | Some("rwc")) {
+        match private_file_options().open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Config(format!(
+                    "cannot create the database file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
     Ok(())
+}
+
+fn private_dir_builder() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+}
+
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
 }
 
 /// Milliseconds since the Unix epoch, the one time format in every table.

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod db;
 pub mod letta_server;
+pub mod proxy;
 pub mod service;
 pub mod stack;
 pub mod synapse;

@@ -11,6 +11,8 @@ use tokio::process::{Child, Command};
 use super::synapse::free_port;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_letta-matrix");
+/// Long enough for the service's 32-byte minimum.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 
 /// The environment and files of one letta-matrix installation.
 pub struct Installation {

@@ -7,7 +7,7 @@ use letta_standin::LettaStandin;
 
 use super::chat::{Shown, shown_messages};
 use super::letta_server::LettaServer;
-use super::service::{Installation, Served};
+use super::service::{ADMIN_TOKEN, Installation, Served};
 use super::synapse::{Person, Synapse};
 use super::wait::eventually;
 
@@ -94,7 +94,7 @@ async fn bring_up<L>(
     if let Some(token) = letta_token {
         install.set("LETTA_MATRIX_LETTA_TOKEN", token);
     }
-    install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    install.set("LETTA_MATRIX_ADMIN_TOKEN", ADMIN_TOKEN);
     install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
     install.set("LETTA_MATRIX_INVITE", format!("@alice:{server}"));
     install.set("LETTA_MATRIX_RELAY_EDIT_INTERVAL_MS", "300");

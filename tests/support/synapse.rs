@@ -119,6 +119,30 @@ impl Synapse {
         self.launch().await
     }
 
+    /// Restarts once every appservice transaction has been delivered, as a quiet homeserver
+    /// restarts. On SQLite, Synapse numbers transactions from the highest id left in its table, so
+    /// it then starts again from 1.
+    pub async fn restart_when_delivered(&mut self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", self.dir.path().join("homeserver.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await?;
+        let started = Instant::now();
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM application_services_txns")
+                .fetch_one(&mut db)
+                .await?;
+            if waiting == 0 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{waiting} appservice transactions still undelivered after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        db.close().await?;
+        self.restart().await
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|child| child.id())
     }
