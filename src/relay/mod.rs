@@ -3,9 +3,10 @@
 //! across all its rooms and all replicas.
 //!
 //! Claims are leases in the database (see `store::relay`), renewed while work goes on, so a
-//! replica that dies hands its rooms over when the lease runs out, and a SQLite instance that
-//! restarts takes its own back at once.
+//! replica that dies hands its rooms over when the lease runs out, and a replica that restarts
+//! takes its own back at once: leases name the replica (see `identity`), not the process.
 
+mod identity;
 mod incoming;
 pub mod interagent;
 mod management;
@@ -25,6 +26,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
+pub use identity::ReplicaIdentity;
 pub use pieces::send_in_pieces;
 pub use policy::{AllowRule, is_allowed};
 pub use reply::markdown_content;
@@ -56,8 +58,9 @@ pub struct Relay {
     matrix: MatrixClient,
     letta: LettaClient,
     namespace: Arc<Namespace>,
-    /// Names this process in leases; new on every start.
+    /// Names this replica in leases; the same after a restart.
     owner: String,
+    identity: tokio::sync::Mutex<ReplicaIdentity>,
     sync_state: crate::sync::SharedSyncState,
     sync_signal: Arc<Notify>,
     history_signal: Arc<Notify>,
@@ -66,16 +69,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(app: &AppState) -> Arc<Self> {
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).expect("random bytes");
+    pub fn new(app: &AppState, identity: ReplicaIdentity) -> Arc<Self> {
         Arc::new(Self {
             settings: app.settings.clone(),
             store: app.store.clone(),
             matrix: app.matrix.clone(),
             letta: app.letta.clone(),
             namespace: app.namespace.clone(),
-            owner: format!("relay-{}", hex::encode(random)),
+            owner: format!("relay-{}", identity.id),
+            identity: tokio::sync::Mutex::new(identity),
             sync_state: app.sync_state.clone(),
             sync_signal: app.sync_signal.clone(),
             history_signal: app.history_signal.clone(),
@@ -101,6 +103,10 @@ impl Relay {
     async fn dispatch(self: Arc<Self>, wake: Arc<Notify>) {
         if let Err(error) = self.store.release_dead_leases_if_single_process().await {
             tracing::warn!(%error, "cannot release the leases of a previous run");
+        }
+        // No live process shares our id, so leases under it are a previous run's: free them now.
+        if let Err(error) = self.store.release_leases(&self.owner).await {
+            tracing::warn!(%error, "cannot release this replica's leases of a previous run");
         }
         let lanes = Arc::new(Semaphore::new(self.settings.raw.relay_concurrency));
         let lane_ended = Arc::new(Notify::new());
@@ -189,6 +195,14 @@ impl Relay {
         let period = Duration::from_millis(self.settings.raw.relay_lease_ms / 3);
         loop {
             tokio::time::sleep(period).await;
+            if !self.identity.lock().await.still_ours(&self.store).await {
+                // Another process now claims under our id: neither could tell its leases apart.
+                tracing::error!(
+                    owner = self.owner,
+                    "another process took this replica's id while its database session was lost; stopping"
+                );
+                std::process::exit(1);
+            }
             if let Err(error) = self.store.renew_leases(&self.owner, self.lease_ms()).await {
                 tracing::warn!(%error, "cannot renew relay leases");
             }
