@@ -13,6 +13,7 @@ on_both_engines!(
     an_expired_lease_is_taken_over,
     racing_claimers_never_share_a_room,
     every_room_gets_its_turn_while_others_keep_getting_messages,
+    finishing_a_row_claims_the_rooms_next_one_in_the_same_step,
     a_replica_id_is_held_by_one_process_at_a_time,
     agent_leases_are_exclusive_until_released,
     turns_and_sent_messages_are_remembered,
@@ -143,6 +144,45 @@ async fn every_room_gets_its_turn_while_others_keep_getting_messages(db: TestDat
         store.record_transaction(&format!("t{round}"), &more).await.unwrap();
     }
     assert_eq!(served.len(), 100, "every room had a turn before any had a second");
+}
+
+async fn finishing_a_row_claims_the_rooms_next_one_in_the_same_step(db: TestDatabase) {
+    let store = db.open().await;
+    with_messages(&store, &[("!a:x", 3), ("!b:x", 1)]).await;
+    let first = store.claim_room_head("one", 30_000, "!a:x").await.unwrap().unwrap();
+    let (finished, second) = store
+        .finish_and_claim_next(&first, "one", "done", None, 30_000)
+        .await
+        .unwrap();
+    let second = second.expect("the room's next row");
+    assert!(finished);
+    assert_eq!(second.event_id, "$e2");
+    assert_eq!(
+        store
+            .finish_and_claim_next(&second, "two", "done", None, 30_000)
+            .await
+            .unwrap(),
+        (false, None),
+        "only the owner finishes, and then nobody else claims the room"
+    );
+    assert!(
+        store.claim_room_head("two", 30_000, "!a:x").await.unwrap().is_none(),
+        "the room stays with its owner"
+    );
+    let (_, third) = store
+        .finish_and_claim_next(&second, "one", "held", None, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(third.as_ref().map(|r| r.event_id.as_str()), Some("$e3"));
+    assert_eq!(
+        store
+            .finish_and_claim_next(&third.unwrap(), "one", "done", None, 30_000)
+            .await
+            .unwrap(),
+        (true, None),
+        "the room is empty"
+    );
+    assert_eq!(store.inbox_by_event_id("$e4").await.unwrap().unwrap().state, "pending");
 }
 
 async fn a_replica_id_is_held_by_one_process_at_a_time(db: TestDatabase) {

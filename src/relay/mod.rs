@@ -153,23 +153,15 @@ impl Relay {
         _permit: tokio::sync::OwnedSemaphorePermit,
         ended: Arc<Notify>,
     ) {
-        let room_id = first.room_id.clone();
         let mut row = first;
-        loop {
-            self.work_row(&row).await;
-            match self.store.claim_room_head(&self.owner, self.lease_ms(), &room_id).await {
-                Ok(Some(next)) => row = next,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%error, room_id, "cannot claim the room's next row");
-                    break;
-                }
-            }
+        while let Some(next) = self.work_row(&row).await {
+            row = next;
         }
         ended.notify_one();
     }
 
-    async fn work_row(&self, row: &InboxRow) {
+    /// Works one row, then closes it and claims the room's next row at once.
+    async fn work_row(&self, row: &InboxRow) -> Option<InboxRow> {
         let span = tracing::info_span!("relay", event_id = row.event_id, room_id = row.room_id, kind = row.kind);
         let _entered = span.enter();
         let (state, error) = match self.process(row).await {
@@ -181,12 +173,18 @@ impl Relay {
         };
         match self
             .store
-            .finish_claimed(row.id, &self.owner, state, error.as_deref())
+            .finish_and_claim_next(row, &self.owner, state, error.as_deref(), self.lease_ms())
             .await
         {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("the row's lease was lost before it was finished; another worker redoes it"),
-            Err(error) => tracing::warn!(%error, "cannot mark a row finished; it will be redone"),
+            Ok((true, next)) => next,
+            Ok((false, _)) => {
+                tracing::warn!("the row's lease was lost before it was finished; another worker redoes it");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot mark a row finished; it will be redone");
+                None
+            }
         }
     }
 
