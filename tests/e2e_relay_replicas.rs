@@ -169,7 +169,7 @@ async fn a_replica_killed_and_restarted_takes_its_rooms_back_without_waiting_its
     let texts = eventually("the answer after the restart", PATIENCE, || async {
         let shown = shown_messages(&alice.messages(&room, 100).await.unwrap(), &ghost);
         let texts: Vec<String> = shown.into_iter().map(|s| s.body).collect();
-        (texts.len() >= 1 && texts[0].ends_with("there?")).then_some(texts)
+        texts.first().is_some_and(|t| t.ends_with("there?")).then_some(texts)
     })
     .await;
     assert_eq!(texts.len(), 1, "answered once: {texts:?}");

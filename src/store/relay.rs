@@ -180,7 +180,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await;
         let mut connection = self.pool.acquire().await?;
-        finish(&mut *connection, id, owner, state, error).await
+        finish(&mut connection, id, owner, state, error).await
     }
 
     /// Closes a claimed row and claims its room's next one in the same database transaction: one
@@ -196,7 +196,7 @@ impl Store {
     ) -> Result<(bool, Option<InboxRow>), StoreError> {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
-        if !finish(&mut *tx, row.id, owner, state, error).await? {
+        if !finish(&mut tx, row.id, owner, state, error).await? {
             tx.rollback().await?;
             return Ok((false, None));
         }
