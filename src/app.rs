@@ -164,7 +164,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     // Only once we listen: the first pass makes the homeserver push transactions to us.
-    let relay = Relay::new(&state);
+    let identity = crate::relay::ReplicaIdentity::establish(&state.settings, &state.store).await;
+    let relay = Relay::new(&state, identity);
     let relay_owner = relay.owner().to_owned();
     let mut workers = vec![Reconciler::new(&state).spawn(state.sync_signal.clone())];
     workers.extend(relay.spawn(state.inbox_signal.clone()));

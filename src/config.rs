@@ -80,6 +80,9 @@ pub struct Config {
     /// How long a claim on a room's next message lasts without renewal; another replica takes the
     /// room over this long after its worker died.
     pub relay_lease_ms: u64,
+    /// Names this replica in leases, so that after a restart it takes its rooms back at once.
+    /// Unset: an id kept in `data_dir/replica-id`, made on first start.
+    pub replica_id: Option<String>,
     /// The least time between two edits of a reply that is still streaming.
     pub relay_edit_interval_ms: u64,
     /// How many earlier messages the agent was not addressed by go with its next turn in a group room.
@@ -138,6 +141,7 @@ impl Default for Config {
             allow: Vec::new(),
             relay_concurrency: 128,
             relay_lease_ms: 30_000,
+            replica_id: None,
             relay_edit_interval_ms: 400,
             relay_context_messages: 20,
             show_reasoning: false,
@@ -420,6 +424,13 @@ impl Config {
                 "relay_concurrency must be at least 1, relay_lease_ms at least 1000 and relay_edit_interval_ms at least 50"
                     .into(),
             ));
+        }
+        if self
+            .replica_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty() || id.len() > 200)
+        {
+            return Err(invalid("replica_id must be 1 to 200 characters, not blank".into()));
         }
         let allow = self
             .allow

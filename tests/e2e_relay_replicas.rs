@@ -125,3 +125,62 @@ async fn replicas_answer_every_message_once_in_order_and_take_over_a_dead_ones_r
     assert_eq!(second_served.terminate().await, Some(0));
     synapse.stop().await;
 }
+
+#[tokio::test]
+async fn a_replica_killed_and_restarted_takes_its_rooms_back_without_waiting_its_lease() {
+    let letta = LettaStandin::start().await;
+    let agent = letta.create_agent("Agent", None);
+    let database = TestDatabase::postgres().await;
+    let mut install = Installation::new(SERVER);
+    install.set("LETTA_MATRIX_LETTA_URL", letta.url());
+    install.set("LETTA_MATRIX_DATABASE_URL", database.url.clone());
+    install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
+    install.set("LETTA_MATRIX_INVITE", format!("@alice:{SERVER}"));
+    // Far longer than the test waits for the answer: only a replica that takes its own rooms back
+    // at start can answer in time.
+    install.set("LETTA_MATRIX_RELAY_LEASE_MS", "120000");
+    install.write_registration().await;
+    let mut synapse = Synapse::start(SERVER, &[install.registration_path()]).await.unwrap();
+    install.set("LETTA_MATRIX_HOMESERVER_URL", synapse.base_url());
+    let alice = synapse.register_user("alice", "alice-password").await.unwrap();
+    let served = install.serve().await.unwrap();
+    let alias = format!("#letta_{agent}:{SERVER}");
+    eventually("alice joining the agent room", PATIENCE, || async {
+        alice.join(&alias).await.ok()
+    })
+    .await;
+    let room = install.status().await["agents"][0]["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ghost = format!("@letta_{agent}:{SERVER}");
+
+    // Killed while Letta works on the turn: the room's row stays leased to this replica.
+    letta.set_latency(&agent, Duration::from_secs(3), Duration::ZERO);
+    alice.send_text(&room, "are you there?").await.unwrap();
+    eventually("Letta working on the turn", PATIENCE, || async {
+        (letta.user_messages(&agent).len() == 1).then_some(())
+    })
+    .await;
+    served.kill().await;
+    letta.set_latency(&agent, Duration::ZERO, Duration::ZERO);
+    let restarted = install.serve().await.unwrap();
+    let texts = eventually("the answer after the restart", PATIENCE, || async {
+        let shown = shown_messages(&alice.messages(&room, 100).await.unwrap(), &ghost);
+        let texts: Vec<String> = shown.into_iter().map(|s| s.body).collect();
+        texts.first().is_some_and(|t| t.ends_with("there?")).then_some(texts)
+    })
+    .await;
+    assert_eq!(texts.len(), 1, "answered once: {texts:?}");
+    assert_eq!(letta.user_messages(&agent).len(), 1, "found in Letta, not asked again");
+
+    alice.send_text(&room, "and now?").await.unwrap();
+    eventually("the next message answered", PATIENCE, || async {
+        let shown = shown_messages(&alice.messages(&room, 100).await.unwrap(), &ghost);
+        (shown.len() == 2 && shown[1].body.ends_with("now?")).then_some(())
+    })
+    .await;
+    assert_eq!(restarted.terminate().await, Some(0));
+    synapse.stop().await;
+}

@@ -12,6 +12,9 @@ on_both_engines!(
     a_room_is_claimed_head_first_by_one_owner_at_a_time,
     an_expired_lease_is_taken_over,
     racing_claimers_never_share_a_room,
+    every_room_gets_its_turn_while_others_keep_getting_messages,
+    finishing_a_row_claims_the_rooms_next_one_in_the_same_step,
+    a_replica_id_is_held_by_one_process_at_a_time,
     agent_leases_are_exclusive_until_released,
     turns_and_sent_messages_are_remembered,
     held_messages_become_context_since_the_agents_last_turn,
@@ -115,6 +118,97 @@ async fn racing_claimers_never_share_a_room(db: TestDatabase) {
         }
     }
     assert_eq!(total, 20, "every room's head was claimed exactly once");
+}
+
+async fn every_room_gets_its_turn_while_others_keep_getting_messages(db: TestDatabase) {
+    let store = db.open().await;
+    let rooms: Vec<String> = (0..100).map(|r| format!("!r{r:02}:x")).collect();
+    let layout: Vec<(&str, usize)> = rooms.iter().map(|r| (r.as_str(), 1)).collect();
+    with_messages(&store, &layout).await;
+    let mut served = HashSet::new();
+    for round in 0..10 {
+        let claimed = store.claim_room_heads("one", 30_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 10, "round {round}");
+        let mut more = Vec::new();
+        for (n, row) in claimed.iter().enumerate() {
+            assert!(served.insert(row.room_id.clone()), "{} served twice", row.room_id);
+            store.finish_claimed(row.id, "one", "done", None).await.unwrap();
+            // The rooms just served are busy: a message arrives in each at once.
+            more.push(event(
+                1000 + round * 10 + n,
+                &row.room_id,
+                InboxEvent::Message,
+                "{}".into(),
+            ));
+        }
+        store.record_transaction(&format!("t{round}"), &more).await.unwrap();
+    }
+    assert_eq!(served.len(), 100, "every room had a turn before any had a second");
+}
+
+async fn finishing_a_row_claims_the_rooms_next_one_in_the_same_step(db: TestDatabase) {
+    let store = db.open().await;
+    with_messages(&store, &[("!a:x", 3), ("!b:x", 1)]).await;
+    let first = store.claim_room_head("one", 30_000, "!a:x").await.unwrap().unwrap();
+    let (finished, second) = store
+        .finish_and_claim_next(&first, "one", "done", None, 30_000)
+        .await
+        .unwrap();
+    let second = second.expect("the room's next row");
+    assert!(finished);
+    assert_eq!(second.event_id, "$e2");
+    assert_eq!(
+        store
+            .finish_and_claim_next(&second, "two", "done", None, 30_000)
+            .await
+            .unwrap(),
+        (false, None),
+        "only the owner finishes, and then nobody else claims the room"
+    );
+    assert!(
+        store.claim_room_head("two", 30_000, "!a:x").await.unwrap().is_none(),
+        "the room stays with its owner"
+    );
+    let (_, third) = store
+        .finish_and_claim_next(&second, "one", "held", None, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(third.as_ref().map(|r| r.event_id.as_str()), Some("$e3"));
+    assert_eq!(
+        store
+            .finish_and_claim_next(&third.unwrap(), "one", "done", None, 30_000)
+            .await
+            .unwrap(),
+        (true, None),
+        "the room is empty"
+    );
+    assert_eq!(store.inbox_by_event_id("$e4").await.unwrap().unwrap().state, "pending");
+}
+
+async fn a_replica_id_is_held_by_one_process_at_a_time(db: TestDatabase) {
+    let store = db.open().await;
+    let held = store.try_hold_replica_id("replica-a").await.unwrap();
+    assert!(held.is_some());
+    if store.backend() == Backend::Sqlite {
+        // One process per SQLite file: there is nobody to share an id with.
+        return;
+    }
+    let other = db.open().await;
+    assert!(
+        other.try_hold_replica_id("replica-a").await.unwrap().is_none(),
+        "a live holder keeps the id"
+    );
+    assert!(other.try_hold_replica_id("replica-b").await.unwrap().is_some());
+    drop(held);
+    let mut taken = None;
+    for _ in 0..100 {
+        taken = other.try_hold_replica_id("replica-a").await.unwrap();
+        if taken.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(taken.is_some(), "the id is free once its holder's session ends");
 }
 
 async fn agent_leases_are_exclusive_until_released(db: TestDatabase) {

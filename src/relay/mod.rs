@@ -3,9 +3,10 @@
 //! across all its rooms and all replicas.
 //!
 //! Claims are leases in the database (see `store::relay`), renewed while work goes on, so a
-//! replica that dies hands its rooms over when the lease runs out, and a SQLite instance that
-//! restarts takes its own back at once.
+//! replica that dies hands its rooms over when the lease runs out, and a replica that restarts
+//! takes its own back at once: leases name the replica (see `identity`), not the process.
 
+mod identity;
 mod incoming;
 pub mod interagent;
 mod management;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
+pub use identity::ReplicaIdentity;
 pub use pieces::send_in_pieces;
 pub use policy::{AllowRule, is_allowed};
 pub use reply::markdown_content;
@@ -64,8 +66,9 @@ pub struct Relay {
     matrix: MatrixClient,
     letta: LettaClient,
     namespace: Arc<Namespace>,
-    /// Names this process in leases; new on every start.
+    /// Names this replica in leases; the same after a restart.
     owner: String,
+    identity: tokio::sync::Mutex<ReplicaIdentity>,
     sync_state: crate::sync::SharedSyncState,
     sync_signal: Arc<Notify>,
     history_signal: Arc<Notify>,
@@ -74,16 +77,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(app: &AppState) -> Arc<Self> {
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).expect("random bytes");
+    pub fn new(app: &AppState, identity: ReplicaIdentity) -> Arc<Self> {
         Arc::new(Self {
             settings: app.settings.clone(),
             store: app.store.clone(),
             matrix: app.matrix.clone(),
             letta: app.letta.clone(),
             namespace: app.namespace.clone(),
-            owner: format!("relay-{}", hex::encode(random)),
+            owner: format!("relay-{}", identity.id),
+            identity: tokio::sync::Mutex::new(identity),
             sync_state: app.sync_state.clone(),
             sync_signal: app.sync_signal.clone(),
             history_signal: app.history_signal.clone(),
@@ -109,6 +111,10 @@ impl Relay {
     async fn dispatch(self: Arc<Self>, wake: Arc<Notify>) {
         if let Err(error) = self.store.release_dead_leases_if_single_process().await {
             tracing::warn!(%error, "cannot release the leases of a previous run");
+        }
+        // No live process shares our id, so leases under it are a previous run's: free them now.
+        if let Err(error) = self.store.release_leases(&self.owner).await {
+            tracing::warn!(%error, "cannot release this replica's leases of a previous run");
         }
         let lanes = Arc::new(Semaphore::new(self.settings.raw.relay_concurrency));
         let lane_ended = Arc::new(Notify::new());
@@ -155,29 +161,21 @@ impl Relay {
         _permit: tokio::sync::OwnedSemaphorePermit,
         ended: Arc<Notify>,
     ) {
-        let room_id = first.room_id.clone();
         let mut row = first;
-        loop {
-            self.work_row(&row).await;
-            match self.store.claim_room_head(&self.owner, self.lease_ms(), &room_id).await {
-                Ok(Some(next)) => row = next,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%error, room_id, "cannot claim the room's next row");
-                    break;
-                }
-            }
+        while let Some(next) = self.work_row(&row).await {
+            row = next;
         }
         ended.notify_one();
     }
 
-    async fn work_row(&self, row: &InboxRow) {
+    /// Works one row, then closes it and claims the room's next row at once.
+    async fn work_row(&self, row: &InboxRow) -> Option<InboxRow> {
         // Lanes interleave on one thread: the span must follow this row's future, not the thread.
         let span = tracing::info_span!("relay", event_id = row.event_id, room_id = row.room_id, kind = row.kind);
-        self.work_row_in_span(row).instrument(span).await;
+        self.work_row_in_span(row).instrument(span).await
     }
 
-    async fn work_row_in_span(&self, row: &InboxRow) {
+    async fn work_row_in_span(&self, row: &InboxRow) -> Option<InboxRow> {
         let (state, error) = match self.process_patiently(row).await {
             Ok(state) => (state, None),
             Err(error) => {
@@ -187,12 +185,18 @@ impl Relay {
         };
         match self
             .store
-            .finish_claimed(row.id, &self.owner, state, error.as_deref())
+            .finish_and_claim_next(row, &self.owner, state, error.as_deref(), self.lease_ms())
             .await
         {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("the row's lease was lost before it was finished; another worker redoes it"),
-            Err(error) => tracing::warn!(%error, "cannot mark a row finished; it will be redone"),
+            Ok((true, next)) => next,
+            Ok((false, _)) => {
+                tracing::warn!("the row's lease was lost before it was finished; another worker redoes it");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot mark a row finished; it will be redone");
+                None
+            }
         }
     }
 
@@ -221,6 +225,14 @@ impl Relay {
         let period = Duration::from_millis(self.settings.raw.relay_lease_ms / 3);
         loop {
             tokio::time::sleep(period).await;
+            if !self.identity.lock().await.still_ours(&self.store).await {
+                // Another process now claims under our id: neither could tell its leases apart.
+                tracing::error!(
+                    owner = self.owner,
+                    "another process took this replica's id while its database session was lost; stopping"
+                );
+                std::process::exit(1);
+            }
             if let Err(error) = self.store.renew_leases(&self.owner, self.lease_ms()).await {
                 tracing::warn!(%error, "cannot renew relay leases");
             }

@@ -22,7 +22,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use agents::{AgentRecord, BridgeRoom};
 pub use history::HistoryImport;
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
-pub use leader::Leadership;
+pub use leader::{Leadership, SessionLock};
 pub use relay::{RoomSettings, SentMessage, TurnRecord};
 pub use transactions::{TransactionOutcome, transaction_key};
 
@@ -75,6 +75,8 @@ pub struct Store {
     /// SQLite has one writer; queueing here is fair, where its busy handler sleeps in growing
     /// steps and turns contention into 100 ms stalls.
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The room after which the next claim of room heads looks first (see `claim_room_heads`).
+    claim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Store {
@@ -110,6 +112,7 @@ impl Store {
             backend,
             url: url.into(),
             sqlite_writer: Default::default(),
+            claim_cursor: Default::default(),
         })
     }
 

@@ -10,11 +10,17 @@ use super::{Backend, InboxRow, Store, StoreError, now_ms};
 const RETURNING_ROW: &str =
     "RETURNING id, event_id, room_id, sender, event_type, kind, event_json, txn_id, received_at, state, attempts";
 
-/// The oldest pending row of each room whose lease is free; `room` narrows it to one room.
-fn claim_sql(backend: Backend, one_room: bool) -> String {
-    let room_filter = if one_room { "AND i.room_id = $5" } else { "" };
-    // PostgreSQL: replicas racing for the same head skip the row another has locked; SQLite has
-    // one writer, so the statement alone is atomic.
+/// At most this many rooms with pending rows are looked at per claim beyond the heads wanted:
+/// rooms being worked on are passed over, and the next claim goes on where this one stopped.
+const ROOMS_PASSED_OVER: i64 = 64;
+
+/// Leases the rows `target` names if each is pending, unleased (or its lease ran out) and still
+/// its room's oldest pending row, at most `$4` of them in the order `order` gives. Every check is
+/// an index probe, whatever the backlog.
+fn claim_sql(backend: Backend, target: &str, order: &str) -> String {
+    // PostgreSQL: replicas racing for the same head skip the row another has locked (and a row
+    // claimed meanwhile fails the lease check again once locked); SQLite has one writer, so the
+    // statement alone is atomic.
     let lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -22,12 +28,27 @@ fn claim_sql(backend: Backend, one_room: bool) -> String {
     format!(
         "UPDATE inbox SET lease_owner = $1, lease_until = $2 WHERE id IN (
             SELECT i.id FROM inbox i
-            WHERE i.state = 'pending' AND (i.lease_until IS NULL OR i.lease_until < $3) {room_filter}
+            WHERE {target} AND i.state = 'pending' AND (i.lease_until IS NULL OR i.lease_until < $3)
               AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.room_id = i.room_id AND p.state = 'pending' AND p.id < i.id)
-            ORDER BY i.id LIMIT $4 {lock})
+            ORDER BY {order} LIMIT $4 {lock})
          {RETURNING_ROW}"
     )
 }
+
+/// The head of one room: the first entry of the room in the pending index.
+const ONE_ROOM_HEAD: &str =
+    "i.id = (SELECT h.id FROM inbox h WHERE h.state = 'pending' AND h.room_id = $5 ORDER BY h.id LIMIT 1)";
+
+/// Rooms with pending rows after `$1` in room order, at most `$2`, each with its head and lease.
+/// A loose scan of the pending index: one probe per room, however many rows wait in it.
+const PENDING_ROOMS_AFTER: &str = "WITH RECURSIVE rooms (room_id, n) AS (
+        SELECT (SELECT room_id FROM inbox WHERE state = 'pending' AND room_id > $1 ORDER BY room_id LIMIT 1), 1
+        UNION ALL
+        SELECT (SELECT i.room_id FROM inbox i WHERE i.state = 'pending' AND i.room_id > r.room_id ORDER BY i.room_id LIMIT 1), r.n + 1
+        FROM rooms r WHERE r.room_id IS NOT NULL AND r.n < $2
+    )
+    SELECT r.room_id, h.id, h.lease_until FROM rooms r
+    JOIN inbox h ON h.id = (SELECT p.id FROM inbox p WHERE p.state = 'pending' AND p.room_id = r.room_id ORDER BY p.id LIMIT 1)";
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TurnRecord {
@@ -51,9 +72,71 @@ pub struct RoomSettings {
 }
 
 impl Store {
-    /// Claims up to `limit` room heads for `owner` until `now + lease_ms`.
+    /// Claims up to `limit` room heads for `owner` until `now + lease_ms`. Rooms are visited in
+    /// turn (room order, from where the last claim stopped, wrapping around), so every room with
+    /// work gets a lane however busy the others are.
     pub async fn claim_room_heads(&self, owner: &str, lease_ms: i64, limit: i64) -> Result<Vec<InboxRow>, StoreError> {
-        self.claim(owner, lease_ms, limit, None).await
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let start = self.claim_cursor.lock().expect("never poisoned").clone();
+        let budget = limit + ROOMS_PASSED_OVER;
+        let mut rooms = self.pending_rooms_after(&start, budget).await?;
+        if (rooms.len() as i64) < budget && !start.is_empty() {
+            let wrapped = self.pending_rooms_after("", budget - rooms.len() as i64).await?;
+            rooms.extend(wrapped.into_iter().take_while(|(room, _, _)| *room <= start));
+        }
+        let free: Vec<i64> = rooms
+            .iter()
+            .filter(|(_, _, lease_until)| lease_until.is_none_or(|until| until < now))
+            .map(|(_, id, _)| *id)
+            .collect();
+        let mut rows = Vec::new();
+        if !free.is_empty() {
+            // All free heads go in, so a claimer that loses some to a racing one takes others.
+            let placeholders: Vec<String> = (0..free.len()).map(|n| format!("${}", n + 6)).collect();
+            let target = format!("i.id IN ({})", placeholders.join(", "));
+            let sql = claim_sql(
+                self.backend,
+                &target,
+                "CASE WHEN i.room_id > $5 THEN 0 ELSE 1 END, i.room_id",
+            );
+            let mut query = sqlx::query_as::<_, InboxRow>(&sql)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(limit)
+                .bind(&start);
+            for id in &free {
+                query = query.bind(*id);
+            }
+            let _turn = self.write_turn().await;
+            rows = query.fetch_all(&self.pool).await?;
+        }
+        // The next claim goes on after the last room taken, or after every room looked at.
+        let position = |room: &str| (room <= start.as_str(), room.to_owned());
+        let next = match rows.len() as i64 == limit {
+            true => rows.iter().map(|row| position(&row.room_id)).max(),
+            false => rooms.last().map(|(room, _, _)| position(room)),
+        };
+        *self.claim_cursor.lock().expect("never poisoned") = next.map(|(_, room)| room).unwrap_or_default();
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    /// Up to `limit` rooms with pending rows after `after`, as (room, head id, head's lease end).
+    async fn pending_rooms_after(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
+        let rooms = sqlx::query_as(PENDING_ROOMS_AFTER)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rooms)
     }
 
     /// Claims the oldest pending row of one room, if nobody holds it.
@@ -63,30 +146,16 @@ impl Store {
         lease_ms: i64,
         room_id: &str,
     ) -> Result<Option<InboxRow>, StoreError> {
-        Ok(self.claim(owner, lease_ms, 1, Some(room_id)).await?.pop())
-    }
-
-    async fn claim(
-        &self,
-        owner: &str,
-        lease_ms: i64,
-        limit: i64,
-        room_id: Option<&str>,
-    ) -> Result<Vec<InboxRow>, StoreError> {
         let now = now_ms();
-        let sql = claim_sql(self.backend, room_id.is_some());
-        let _turn = self.write_turn().await;
-        let mut query = sqlx::query_as::<_, InboxRow>(&sql)
+        let sql = claim_sql(self.backend, ONE_ROOM_HEAD, "i.id");
+        let query = sqlx::query_as::<_, InboxRow>(&sql)
             .bind(owner)
             .bind(now + lease_ms)
             .bind(now)
-            .bind(limit);
-        if let Some(room_id) = room_id {
-            query = query.bind(room_id);
-        }
-        let mut rows = query.fetch_all(&self.pool).await?;
-        rows.sort_by_key(|row| row.id);
-        Ok(rows)
+            .bind(1_i64)
+            .bind(room_id);
+        let _turn = self.write_turn().await;
+        Ok(query.fetch_optional(&self.pool).await?)
     }
 
     /// Extends a held lease; false when it is no longer ours (it expired and was taken).
@@ -110,20 +179,38 @@ impl Store {
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await;
-        let finished = sqlx::query(
-            "UPDATE inbox SET state = $3, last_error = $4, finished_at = $5, attempts = attempts + 1,
-                 lease_owner = NULL, lease_until = NULL
-             WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(state)
-        .bind(error)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(finished == 1)
+        let mut connection = self.pool.acquire().await?;
+        finish(&mut connection, id, owner, state, error).await
+    }
+
+    /// Closes a claimed row and claims its room's next one in the same database transaction: one
+    /// durable commit per row instead of two. Returns whether the row was still ours to close, and
+    /// the next row (none when the row was not ours: its new owner has the room).
+    pub async fn finish_and_claim_next(
+        &self,
+        row: &InboxRow,
+        owner: &str,
+        state: &str,
+        error: Option<&str>,
+        lease_ms: i64,
+    ) -> Result<(bool, Option<InboxRow>), StoreError> {
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await?;
+        if !finish(&mut tx, row.id, owner, state, error).await? {
+            tx.rollback().await?;
+            return Ok((false, None));
+        }
+        let now = now_ms();
+        let next = sqlx::query_as::<_, InboxRow>(&claim_sql(self.backend, ONE_ROOM_HEAD, "i.id"))
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(1_i64)
+            .bind(&row.room_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((true, next))
     }
 
     /// Extends every lease `owner` holds: rows being worked on and agents taking a turn.
@@ -436,4 +523,27 @@ impl Store {
                 .await?;
         Ok((pending, rooms))
     }
+}
+
+async fn finish(
+    connection: &mut sqlx::AnyConnection,
+    id: i64,
+    owner: &str,
+    state: &str,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let finished = sqlx::query(
+        "UPDATE inbox SET state = $3, last_error = $4, finished_at = $5, attempts = attempts + 1,
+             lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(state)
+    .bind(error)
+    .bind(now_ms())
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(finished == 1)
 }
