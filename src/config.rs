@@ -47,6 +47,8 @@ pub struct Config {
     /// Letta Cloud: the project (its slug) agents are listed from and created in, sent as the
     /// `X-Project` header as Letta's own SDK does. Self-hosted Letta ignores it.
     pub letta_project: Option<String>,
+    /// Only agents carrying at least one of these Letta tags are bridged; empty means every agent.
+    pub agent_tags: Vec<String>,
     /// People invited to every agent room and to the space.
     pub invite: Vec<String>,
     /// Operators: each gets a management room (a DM with the bot) that takes commands.
@@ -124,6 +126,7 @@ impl Default for Config {
             letta_token: None,
             letta_token_file: None,
             letta_project: None,
+            agent_tags: Vec::new(),
             invite: Vec::new(),
             admins: Vec::new(),
             log_format: LogFormat::Pretty,

@@ -165,12 +165,13 @@ async fn real_agents_are_mirrored_renamed_and_retired_but_sleeptime_companions_g
     })
     .await;
     stack.letta.delete(&id).await;
+    let bot = "@letta_bot:real-sync.test";
     wait_for(
         &stack,
         &agent.room,
-        &agent.ghost,
+        bot,
         "the notice that the agent was deleted",
-        |shown| has_text(shown, "m.notice", "deleted"),
+        |shown| has_text(shown, "m.notice", "Daydreamer was deleted in Letta"),
     )
     .await;
     stack.stop().await;

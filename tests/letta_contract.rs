@@ -76,6 +76,43 @@ async fn agents_are_listed_oldest_first_across_pages(letta: &LettaServer) {
     assert_eq!(page, json!([]));
 }
 
+/// `agent_tags`: only agents carrying one of the tags are listed.
+async fn agents_are_listed_by_tag(letta: &LettaServer) {
+    let tagged = letta.create_agent(&unique("tagged")).await;
+    let other = letta
+        .create_agent_with(&unique("untagged"), "letta_v1_agent", json!({"tags": ["someone-else"]}))
+        .await;
+    let env = [
+        ("LETTA_MATRIX_SERVER_NAME".to_owned(), "contract.test".to_owned()),
+        (
+            "LETTA_MATRIX_HOMESERVER_URL".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        ("LETTA_MATRIX_LETTA_URL".to_owned(), letta.url.clone()),
+        (
+            "LETTA_MATRIX_LETTA_TOKEN".to_owned(),
+            letta.token.clone().unwrap_or_default(),
+        ),
+        ("LETTA_MATRIX_AGENT_TAGS".to_owned(), letta.tag.clone()),
+    ];
+    let settings = letta_matrix::config::Settings::from_parts("", None, &env).unwrap();
+    let listed = letta_matrix::letta::LettaClient::from_settings(&settings)
+        .list_agents()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, [tagged.as_str()], "only this test's tagged agent");
+    assert!(
+        letta
+            .client()
+            .list_agents()
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.id == other)
+    );
+}
+
 async fn an_agent_is_created_renamed_and_deleted(letta: &LettaServer) {
     let client = letta.client();
     let name = unique("original");
@@ -337,6 +374,7 @@ macro_rules! contract {
 
 contract!(
     agents_are_listed_oldest_first_across_pages,
+    agents_are_listed_by_tag,
     an_agent_is_created_renamed_and_deleted,
     a_streamed_turn_sends_a_ping_deltas_of_one_message_a_stop_and_done,
     a_turn_is_found_again_by_its_otid,

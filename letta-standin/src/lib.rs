@@ -312,6 +312,15 @@ fn create_from(world: &mut World, body: &Value) -> Value {
     let name = body["name"].as_str().unwrap_or_default();
     let agent_type = body["agent_type"].as_str().unwrap_or("letta_v1_agent");
     let mut agent = create(world, None, name, body["description"].as_str(), agent_type);
+    if let Some(tags) = body.get("tags").filter(|t| t.is_array()) {
+        let id = agent["id"].as_str().unwrap_or_default().to_owned();
+        for shape in [&mut world.agents, &mut world.listed] {
+            if let Some(stored) = shape.get_mut(&id) {
+                stored["tags"] = tags.clone();
+            }
+        }
+        agent["tags"] = tags.clone();
+    }
     if body["enable_sleeptime"] == true {
         let companion = create(world, None, &format!("{name}-sleeptime"), None, "sleeptime_agent");
         let (main_id, companion_id) = (agent["id"].clone(), companion["id"].clone());
@@ -497,10 +506,27 @@ struct ListQuery {
 
 /// `GET /v1/agents/`: a bare array, newest first unless `order=asc`; `after`/`before` are
 /// relative to that order and an unknown cursor is ignored, as in Letta 0.16.8. `limit`
-/// defaults to 50 and 0 means all.
-async fn list_agents(State(world): State<Shared>, Query(query): Query<ListQuery>) -> Response {
+/// defaults to 50 and 0 means all. `tags` (repeated) keeps agents carrying any of them.
+async fn list_agents(
+    State(world): State<Shared>,
+    Query(query): Query<ListQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
     let world = world.lock().unwrap();
-    let mut ids: Vec<&String> = world.order.iter().collect();
+    let wanted: Vec<String> = raw
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("tags="))
+        .map(|tag| tag.replace("%2D", "-").replace("%5F", "_"))
+        .collect();
+    let tagged = |id: &String| {
+        wanted.is_empty()
+            || world.listed[id]["tags"].as_array().is_some_and(|tags| {
+                tags.iter()
+                    .any(|t| t.as_str().is_some_and(|t| wanted.iter().any(|w| w == t)))
+            })
+    };
+    let mut ids: Vec<&String> = world.order.iter().filter(|id| tagged(id)).collect();
     if query.order.as_deref() != Some("asc") {
         ids.reverse();
     }

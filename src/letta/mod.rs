@@ -223,6 +223,8 @@ pub struct LettaClient {
     agents_page: usize,
     /// Letta Cloud's project, sent with every request.
     project: Option<String>,
+    /// Only agents with one of these tags are listed (Letta filters).
+    tags: Vec<String>,
 }
 
 impl LettaClient {
@@ -236,6 +238,7 @@ impl LettaClient {
             retry: RetryPolicy::default(),
             agents_page: AGENTS_PAGE_SIZE,
             project: None,
+            tags: Vec::new(),
         }
     }
 
@@ -243,6 +246,7 @@ impl LettaClient {
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         let mut client = Self::new(settings.letta_url.clone(), settings.letta_token.clone());
         client.project = settings.raw.letta_project.clone().filter(|p| !p.trim().is_empty());
+        client.tags = settings.raw.agent_tags.clone();
         client
     }
 
@@ -302,6 +306,10 @@ impl LettaClient {
         let mut seen = std::collections::HashSet::new();
         loop {
             let mut path = format!("/v1/agents/?limit={}&order=asc&order_by=created_at", self.agents_page);
+            for tag in &self.tags {
+                path.push_str("&tags=");
+                path.extend(url::form_urlencoded::byte_serialize(tag.as_bytes()));
+            }
             if let Some(last) = agents.last() {
                 path.push_str("&after=");
                 path.extend(url::form_urlencoded::byte_serialize(last.id.as_bytes()));

@@ -23,6 +23,10 @@ pub struct LettaServer {
     pub model: ModelStandin,
     /// Set when this is our stand-in rather than the real server.
     pub standin: Option<LettaStandin>,
+    /// Every agent this test creates carries this tag, and a bridge in front of the shared real
+    /// server is told to bridge only it (`agent_tags`): tests running side by side on one Letta
+    /// do not see each other's agents.
+    pub tag: String,
     http: reqwest::Client,
     /// Agent id → the model name its `llm_config` routes to.
     models: Mutex<HashMap<String, String>>,
@@ -46,6 +50,7 @@ impl LettaServer {
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             model: ModelStandin::start().await,
             standin: None,
+            tag: unique_tag(),
             http: reqwest::Client::new(),
             models: Mutex::default(),
         })
@@ -62,6 +67,7 @@ impl LettaServer {
             token: Some(token),
             model: ModelStandin::start().await,
             standin: Some(standin),
+            tag: unique_tag(),
             http: reqwest::Client::new(),
             models: Mutex::default(),
         }
@@ -111,6 +117,7 @@ impl LettaServer {
             "agent_type": agent_type,
             "llm_config": self.model.llm_config(&model),
             "embedding_config": self.model.embedding_config(),
+            "tags": [self.tag],
             "memory_blocks": [
                 {"label": "human", "value": "People who write to me through Matrix."},
                 {"label": "persona", "value": format!("I am {name}.")}
@@ -207,4 +214,10 @@ impl LettaServer {
         .await;
         tool
     }
+}
+
+fn unique_tag() -> String {
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).unwrap();
+    format!("test-{}", hex::encode(random))
 }

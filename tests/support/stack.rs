@@ -77,7 +77,10 @@ pub async fn real_stack(
     settings: &[(&str, &str)],
 ) -> Stack<LettaServer> {
     let (url, token) = (letta.url.clone(), letta.token.clone());
-    bring_up(letta, &url, token, agents, server, settings, serde_json::json!({})).await
+    let mut settings = settings.to_vec();
+    let tags = letta.tag.clone();
+    settings.push(("LETTA_MATRIX_AGENT_TAGS", &tags));
+    bring_up(letta, &url, token, agents, server, &settings, serde_json::json!({})).await
 }
 
 async fn bring_up<L>(
