@@ -306,7 +306,10 @@ async fn a_tool_call_waits_for_approval_until_denied(letta: &LettaServer) {
         .clone();
 
     let client = letta.client();
-    assert_eq!(client.pending_approvals(&id).await.unwrap(), std::slice::from_ref(&call));
+    assert_eq!(
+        client.pending_approvals(&id).await.unwrap(),
+        std::slice::from_ref(&call)
+    );
     let refused = turn(letta, &id, &[said("hello again", &unique("otid"))]).await;
     let error = refused
         .iter()
