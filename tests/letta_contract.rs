@@ -242,6 +242,45 @@ async fn history_pages_both_ways_over_more_than_a_hundred_messages(letta: &Letta
     assert_eq!(unknown.status(), 404);
 }
 
+/// The items Letta lists for one stored message (what the model said and the tool it called, or
+/// reasoning and answer) share an `id` and differ by `otid`; a history keeps every one of them.
+async fn one_steps_items_share_an_id_and_the_history_keeps_each(letta: &LettaServer) {
+    let id = letta.create_agent(&unique("talker")).await;
+    letta.script(
+        &id,
+        [
+            Step::Said {
+                text: "Let me look through what we said before.".into(),
+                calls: vec![("conversation_search".into(), json!({"query": "weather"}))],
+            },
+            Step::reply("I found nothing about the weather."),
+        ],
+    );
+    let events = turn(
+        letta,
+        &id,
+        &[said("what did I say about the weather?", &unique("otid"))],
+    )
+    .await;
+    assert!(stop_of(&events).is_some(), "{events:?}");
+    let all = letta.client().history(&id, i64::MAX, 1000, |_| true).await.unwrap();
+    let shared: Vec<&letta_matrix::letta::LettaMessage> = all
+        .iter()
+        .filter(|m| all.iter().filter(|other| other.id == m.id).count() > 1)
+        .collect();
+    assert!(shared.len() >= 2, "items sharing one id: {all:?}");
+    let first = shared[0];
+    let twins: Vec<_> = shared.iter().filter(|m| m.id == first.id).collect();
+    assert!(
+        twins
+            .windows(2)
+            .all(|w| w[0].message_type != w[1].message_type && w[0].otid != w[1].otid),
+        "one id, several kinds, distinct otids: {twins:?}"
+    );
+    let keys: std::collections::HashSet<String> = twins.iter().map(|m| m.key().into_owned()).collect();
+    assert_eq!(keys.len(), twins.len(), "each item keeps its own key");
+}
+
 async fn two_turns_of_one_agent_at_once_are_both_answered(letta: &LettaServer) {
     let id = letta.create_agent(&unique("twin")).await;
     let (a, b) = (unique("otid"), unique("otid"));
@@ -382,6 +421,7 @@ contract!(
     a_streamed_turn_sends_a_ping_deltas_of_one_message_a_stop_and_done,
     a_turn_is_found_again_by_its_otid,
     history_pages_both_ways_over_more_than_a_hundred_messages,
+    one_steps_items_share_an_id_and_the_history_keeps_each,
     two_turns_of_one_agent_at_once_are_both_answered,
     an_unknown_agent_and_a_bad_token_are_told_apart,
     a_tool_call_waits_for_approval_until_denied,

@@ -17,13 +17,14 @@ pub(crate) enum Answer {
 pub(crate) enum Message {
     Text(String),
     Calls(Vec<(String, Value)>),
+    TextAndCalls(String, Vec<(String, Value)>),
 }
 
 impl Message {
     pub(crate) fn calls(&self) -> &[(String, Value)] {
         match self {
             Message::Text(_) => &[],
-            Message::Calls(calls) => calls,
+            Message::Calls(calls) | Message::TextAndCalls(_, calls) => calls,
         }
     }
 }
@@ -38,6 +39,7 @@ pub(crate) fn answer(request: &Value, step: Step) -> Answer {
         Step::Fail(status) => return Answer::Fail(status),
         Step::ToolCall { name, arguments } => return Answer::Message(Message::Calls(vec![(name, arguments)])),
         Step::ToolCalls(calls) => return Answer::Message(Message::Calls(calls)),
+        Step::Said { text, calls } => return Answer::Message(Message::TextAndCalls(text, calls)),
         Step::Echo => format!("You said: {}", last_user_text(request)),
         Step::Reply(text) => text,
     };
@@ -134,19 +136,18 @@ impl Completion {
     pub(crate) fn new(request: &Value, model: &str, message: Message, ids: Ids) -> Self {
         let (content, calls) = match message {
             Message::Text(text) => (Some(text), Vec::new()),
-            Message::Calls(calls) => {
-                let calls = calls
-                    .into_iter()
-                    .zip(ids.first_call..)
-                    .map(|((name, arguments), number)| Call {
-                        id: format!("call_standin_{number}"),
-                        name,
-                        arguments: arguments.to_string(),
-                    })
-                    .collect();
-                (None, calls)
-            }
+            Message::Calls(calls) => (None, calls),
+            Message::TextAndCalls(text, calls) => (Some(text), calls),
         };
+        let calls = calls
+            .into_iter()
+            .zip(ids.first_call..)
+            .map(|((name, arguments), number)| Call {
+                id: format!("call_standin_{number}"),
+                name,
+                arguments: arguments.to_string(),
+            })
+            .collect();
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

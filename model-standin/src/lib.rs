@@ -44,6 +44,9 @@ pub enum Step {
     ToolCalls(Vec<(String, Value)>),
     /// This HTTP status with an OpenAI-style error body.
     Fail(u16),
+    /// Text and tool calls in one answer. Letta stores them as one message, whose listed items (an
+    /// assistant or reasoning item, and the tool call) share its id.
+    Said { text: String, calls: Vec<(String, Value)> },
 }
 
 impl Step {

@@ -158,6 +158,8 @@ impl LettaServer {
                     }
                 }
                 Step::Fail(_) => standin.script_error(agent_id, "llm_error", "model stand-in told to fail"),
+                // The stand-in's step that shares an id: reasoning beside the next answer.
+                Step::Said { text, .. } => standin.script_reasoning(agent_id, &text),
             }
         }
     }
