@@ -8,7 +8,7 @@ use std::time::Duration;
 use letta_standin::LettaStandin;
 use support::chat::shown_messages;
 use support::db::TestDatabase;
-use support::service::Installation;
+use support::service::{ADMIN_TOKEN, Installation};
 use support::synapse::Synapse;
 use support::wait::eventually;
 
@@ -134,7 +134,7 @@ async fn a_replica_killed_and_restarted_takes_its_rooms_back_without_waiting_its
     let mut install = Installation::new(SERVER);
     install.set("LETTA_MATRIX_LETTA_URL", letta.url());
     install.set("LETTA_MATRIX_DATABASE_URL", database.url.clone());
-    install.set("LETTA_MATRIX_ADMIN_TOKEN", "admin");
+    install.set("LETTA_MATRIX_ADMIN_TOKEN", ADMIN_TOKEN);
     install.set("LETTA_MATRIX_SYNC_INTERVAL_MS", "500");
     install.set("LETTA_MATRIX_INVITE", format!("@alice:{SERVER}"));
     // Far longer than the test waits for the answer: only a replica that takes its own rooms back
