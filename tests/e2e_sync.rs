@@ -11,6 +11,7 @@ use letta_matrix::matrix::MatrixClient;
 use letta_standin::LettaStandin;
 use serde_json::{Value, json};
 use support::service::Installation;
+use support::stack::sync_passes;
 use support::synapse::{Person, Synapse, free_port};
 use support::wait::eventually;
 
@@ -145,10 +146,10 @@ async fn agents_get_ghosts_rooms_and_space_and_follow_renames_and_deletions() {
     );
 
     // Unchanged Letta, unchanged Matrix: passes keep listing agents and never call the homeserver.
-    let lists_before = letta.requests("GET /v1/agents/");
+    let lists_before = sync_passes(&letta);
     let calls_before = metric(&stack.install, "letta_matrix_homeserver_requests_total").await;
     eventually("three more sync passes", PATIENCE, || async {
-        (letta.requests("GET /v1/agents/") >= lists_before + 3).then_some(())
+        (sync_passes(&letta) >= lists_before + 3).then_some(())
     })
     .await;
     assert_eq!(
@@ -157,13 +158,13 @@ async fn agents_get_ghosts_rooms_and_space_and_follow_renames_and_deletions() {
     );
 
     // People talking in agent rooms wake the inbox workers, not Letta: passes stay on the interval.
-    let lists_before = letta.requests("GET /v1/agents/");
+    let lists_before = sync_passes(&letta);
     let started = std::time::Instant::now();
     for n in 0..15 {
         alice.send_text(&room, &format!("message {n}")).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let passes = letta.requests("GET /v1/agents/") - lists_before;
+    let passes = sync_passes(&letta) - lists_before;
     let interval_ticks = started.elapsed().as_millis() as usize / 300 + 1;
     assert!(
         passes <= interval_ticks,
@@ -245,9 +246,9 @@ async fn agents_get_ghosts_rooms_and_space_and_follow_renames_and_deletions() {
     // A restart finds everything in place: no second space, room or invite.
     assert_eq!(served.terminate().await, Some(0));
     let restarted = stack.install.serve().await.unwrap();
-    let lists = letta.requests("GET /v1/agents/");
+    let lists = sync_passes(&letta);
     eventually("two passes after the restart", PATIENCE, || async {
-        (letta.requests("GET /v1/agents/") >= lists + 2).then_some(())
+        (sync_passes(&letta) >= lists + 2).then_some(())
     })
     .await;
     assert_eq!(metric(&stack.install, "letta_matrix_rooms_created_total").await, 0.0);

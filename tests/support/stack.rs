@@ -13,6 +13,12 @@ use super::wait::eventually;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Sync passes the stand-in has served (with fewer than 200 agents): each reads a page of agents
+/// and the empty page that ends the list.
+pub fn sync_passes(letta: &LettaStandin) -> usize {
+    letta.requests("GET /v1/agents/") / 2
+}
+
 /// `L` is the Letta: our stand-in, or a [`super::letta_server::LettaServer`] (the real one).
 pub struct Stack<L = LettaStandin> {
     pub letta: L,
