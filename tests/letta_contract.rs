@@ -53,8 +53,13 @@ async fn agents_are_listed_oldest_first_across_pages(letta: &LettaServer) {
     for n in 0..5 {
         ids.push(letta.create_agent(&format!("{prefix}-{n}")).await);
     }
-    let client = letta.client().with_agents_page_size(2);
-    let listed = client.list_agents().await.unwrap();
+    // By our tag: a shared server's other tests delete agents meanwhile, and a deleted cursor
+    // restarts Letta's listing.
+    let listed = tagged_client(letta)
+        .with_agents_page_size(2)
+        .list_agents()
+        .await
+        .unwrap();
     let ours: Vec<&str> = listed
         .iter()
         .filter(|a| ids.contains(&a.id))
@@ -64,16 +69,38 @@ async fn agents_are_listed_oldest_first_across_pages(letta: &LettaServer) {
     let third = listed.iter().find(|a| a.id == ids[2]).unwrap();
     assert_eq!(third.name, format!("{prefix}-2"));
     assert_eq!(third.agent_type.as_deref(), Some("letta_v1_agent"));
-    // Past the last agent: an empty page, not an error.
-    let last = &listed.last().unwrap().id;
+    // Past the last agent: an empty page, not an error. (Our tag keeps other tests' agents,
+    // created or deleted meanwhile on a shared server, out of the page.)
     let page = letta
         .call(
             reqwest::Method::GET,
-            &format!("/v1/agents/?limit=5&order=asc&order_by=created_at&after={last}"),
+            &format!(
+                "/v1/agents/?limit=5&order=asc&order_by=created_at&tags={}&after={}",
+                letta.tag, ids[4]
+            ),
             None,
         )
         .await;
     assert_eq!(page, json!([]));
+}
+
+/// Our client as configured with `agent_tags` = this test's tag.
+fn tagged_client(letta: &LettaServer) -> letta_matrix::letta::LettaClient {
+    let env = [
+        ("LETTA_MATRIX_SERVER_NAME".to_owned(), "contract.test".to_owned()),
+        (
+            "LETTA_MATRIX_HOMESERVER_URL".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        ("LETTA_MATRIX_LETTA_URL".to_owned(), letta.url.clone()),
+        (
+            "LETTA_MATRIX_LETTA_TOKEN".to_owned(),
+            letta.token.clone().unwrap_or_default(),
+        ),
+        ("LETTA_MATRIX_AGENT_TAGS".to_owned(), letta.tag.clone()),
+    ];
+    let settings = letta_matrix::config::Settings::from_parts("", None, &env).unwrap();
+    letta_matrix::letta::LettaClient::from_settings(&settings)
 }
 
 /// `agent_tags`: only agents carrying one of the tags are listed.
