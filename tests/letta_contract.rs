@@ -109,24 +109,7 @@ async fn agents_are_listed_by_tag(letta: &LettaServer) {
     let other = letta
         .create_agent_with(&unique("untagged"), "letta_v1_agent", json!({"tags": ["someone-else"]}))
         .await;
-    let env = [
-        ("LETTA_MATRIX_SERVER_NAME".to_owned(), "contract.test".to_owned()),
-        (
-            "LETTA_MATRIX_HOMESERVER_URL".to_owned(),
-            "http://127.0.0.1:9".to_owned(),
-        ),
-        ("LETTA_MATRIX_LETTA_URL".to_owned(), letta.url.clone()),
-        (
-            "LETTA_MATRIX_LETTA_TOKEN".to_owned(),
-            letta.token.clone().unwrap_or_default(),
-        ),
-        ("LETTA_MATRIX_AGENT_TAGS".to_owned(), letta.tag.clone()),
-    ];
-    let settings = letta_matrix::config::Settings::from_parts("", None, &env).unwrap();
-    let listed = letta_matrix::letta::LettaClient::from_settings(&settings)
-        .list_agents()
-        .await
-        .unwrap();
+    let listed = tagged_client(letta).list_agents().await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, [tagged.as_str()], "only this test's tagged agent");
     assert!(
