@@ -17,7 +17,7 @@
 #                `letta server --secure` on a free port of 127.0.0.1 in the background; exports
 #                LETTA_MATRIX_TEST_LETTA_URL, LETTA_MATRIX_TEST_LETTA_TOKEN (the bearer token the
 #                server demands) and LETTA_MATRIX_TEST_LETTA_LOG (the server's log)
-# wait_letta     waits for /v1/health/ (LETTA_MATRIX_TEST_LETTA_START_TIMEOUT, default 240 s)
+# wait_letta     waits for /v1/health/ (LETTA_MATRIX_TEST_LETTA_START_TIMEOUT, default 1200 s)
 # start_letta    launch_letta then wait_letta
 # stop_letta     stops the server and its PostgreSQL and removes the run's dir (EXIT trap);
 #                runs whose shell died without it are cleaned by the next launch_letta
@@ -36,7 +36,7 @@ letta_server_pid=
 letta_launched_at=0
 
 _letta_want() {
-    printf 'letta %s uv %s pgserver %s exclude-newer %s\n' \
+    printf 'letta %s uv %s pgserver %s exclude-newer %s bytecode\n' \
         "$LETTA_VERSION" "$LETTA_UV_VERSION" "$LETTA_PGSERVER_VERSION" "$LETTA_EXCLUDE_NEWER"
 }
 
@@ -94,11 +94,14 @@ _install_letta_locked() {
     # `letta[postgres]` would also build psycopg2 from source (pg_config and a compiler needed),
     # which Letta never imports: take the three drivers it does import instead.
     local packages=("letta[server]==$LETTA_VERSION" asyncpg pg8000 pgvector "pgserver==$LETTA_PGSERVER_VERSION")
-    # From uv's cache alone when it holds everything (seconds), else from PyPI.
-    "$uv" pip install --offline --python "$letta_venv/bin/python" --no-python-downloads \
-        --exclude-newer "$LETTA_EXCLUDE_NEWER" "${packages[@]}" >>"$letta_home/install.log" 2>&1 ||
-        _letta_logged "$uv" pip install --python "$letta_venv/bin/python" --no-python-downloads \
-            --exclude-newer "$LETTA_EXCLUDE_NEWER" "${packages[@]}" || return 1
+    # From uv's cache alone when it holds everything (seconds), else from PyPI. Bytecode is
+    # compiled here, once, while nothing else runs: otherwise the first server start compiles
+    # Letta's thousands of modules while `cargo build` takes both cores, which on a fresh CI
+    # machine took it past the start timeout.
+    local options=(--python "$letta_venv/bin/python" --no-python-downloads --compile-bytecode
+        --exclude-newer "$LETTA_EXCLUDE_NEWER")
+    "$uv" pip install --offline "${options[@]}" "${packages[@]}" >>"$letta_home/install.log" 2>&1 ||
+        _letta_logged "$uv" pip install "${options[@]}" "${packages[@]}" || return 1
     local sdist=$letta_home/letta-$LETTA_VERSION.tar.gz
     if [ ! -f "$sdist" ]; then
         printf 'fetching the letta %s sdist (its migrations) into %s\n' "$LETTA_VERSION" "$letta_home"
@@ -266,10 +269,11 @@ launch_letta() {
 }
 
 # Waits until the server launched by launch_letta answers /v1/health/, at most
-# LETTA_MATRIX_TEST_LETTA_START_TIMEOUT seconds (default 480) after the launch: migrations and
-# start-up take ~20 s and ~20-40 s on an idle machine, each several times that on a busy one.
+# LETTA_MATRIX_TEST_LETTA_START_TIMEOUT seconds (default 1200) after the launch: migrations and
+# start-up take ~20 s and ~20-40 s on an idle machine, each several times that while a cold
+# `cargo build` takes both cores (over 480 s once on a fresh CI machine).
 wait_letta() {
-    local timeout=${LETTA_MATRIX_TEST_LETTA_START_TIMEOUT:-480}
+    local timeout=${LETTA_MATRIX_TEST_LETTA_START_TIMEOUT:-1200} report_at=$((SECONDS + 60))
     while [ $((SECONDS - letta_launched_at)) -lt "$timeout" ]; do
         if curl -fsS -m 5 "$LETTA_MATRIX_TEST_LETTA_URL/v1/health/" >/dev/null 2>&1; then
             printf 'Letta %s answers at %s (%ss after its launch)\n' "$LETTA_VERSION" \
@@ -281,6 +285,10 @@ wait_letta() {
                 "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
             tail -n 40 "$letta_run_dir/setup.log" "$LETTA_MATRIX_TEST_LETTA_LOG" >&2
             return 1
+        fi
+        if [ "$SECONDS" -ge "$report_at" ]; then
+            printf 'still waiting for Letta (%ss since its launch)\n' $((SECONDS - letta_launched_at))
+            report_at=$((SECONDS + 60))
         fi
         sleep 1
     done
