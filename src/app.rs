@@ -130,7 +130,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {bind}"))?;
     let address = listener.local_addr()?;
     let ops_bind = state.settings.raw.ops_bind;
-    let mcp = crate::mcp::router(&state);
+    // The tools, as MCP and as the HTTP API of our sandbox tools, share an address.
+    let mcp = crate::mcp::router(&state).map(|mcp| mcp.merge(crate::tools::http::router(&state).unwrap_or_default()));
     let mcp_bind = state.settings.raw.mcp_bind;
     let mut main_router = router(state.clone(), ops_bind.is_none());
     if let (Some(mcp), None) = (&mcp, mcp_bind) {
@@ -171,6 +172,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     workers.extend(relay.spawn(state.inbox_signal.clone()));
     workers.push(crate::history::Importer::new(&state).spawn(state.history_signal.clone()));
     tracing::info!(%address, ?ops_address, ?mcp_address, mcp = state.settings.raw.mcp_secret.is_some(), homeserver = %state.settings.homeserver_url, database = state.store.backend().name(), "letta-matrix is ready");
+    match (&state.settings.raw.mcp_secret, &state.settings.tools_url) {
+        (Some(_), Some(url)) => {
+            tracing::info!(%url, mode = ?state.settings.raw.tools_mode, "agents are given the Matrix tools by sync")
+        }
+        (Some(_), None) if state.settings.raw.tools_mode != crate::config::ToolsMode::Off => tracing::info!(
+            "the tools are served, but agents are not given them: set tools_url to where Letta reaches this service"
+        ),
+        _ => {}
+    }
     Ok(Running {
         address,
         ops_address,

@@ -101,6 +101,15 @@ pub struct Config {
     pub mcp_secret: Option<Secret>,
     /// Serve MCP on its own address instead of `/mcp` on `bind`.
     pub mcp_bind: Option<SocketAddr>,
+    /// How agents get the tools: `sandbox` (Letta tools that call our HTTP API from Letta's tool
+    /// sandbox; works where Letta refuses private MCP URLs), `mcp` (our MCP server, registered in
+    /// Letta; needs a URL Letta accepts), or `off`.
+    pub tools_mode: ToolsMode,
+    /// Where Letta reaches our tools listener (`bind`, or `mcp_bind`): its tool sandbox in
+    /// `sandbox` mode, its MCP client in `mcp` mode. With `mcp_secret`, agents get the tools.
+    pub tools_url: Option<String>,
+    /// Only agents with one of these Letta tags get the tools; empty: every bridged agent.
+    pub tools_agent_tags: Vec<String>,
     /// A new agent room gets at most this many of the agent's latest Letta messages; 0: no import.
     pub history_import_limit: usize,
     /// Import the agent's reasoning too, as collapsed notices.
@@ -153,6 +162,9 @@ impl Default for Config {
             inter_agent_max_hops: 3,
             mcp_secret: None,
             mcp_bind: None,
+            tools_mode: ToolsMode::Sandbox,
+            tools_url: None,
+            tools_agent_tags: Vec::new(),
             history_import_limit: 300,
             history_include_reasoning: false,
         }
@@ -164,6 +176,15 @@ impl Default for Config {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// How agents get their Matrix tools (`tools_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolsMode {
+    Sandbox,
+    Mcp,
+    Off,
 }
 
 /// A token that must never reach a log line or an error message.
@@ -220,6 +241,8 @@ pub struct Settings {
     pub admins: Vec<OwnedUserId>,
     pub bot_user_id: OwnedUserId,
     pub allow: Vec<crate::relay::AllowRule>,
+    /// Set when agents are to be given the tools (`tools_url`, unless `tools_mode` is off).
+    pub tools_url: Option<Url>,
 }
 
 impl Settings {
@@ -451,6 +474,19 @@ impl Config {
         }
         check_secret("mcp_secret", self.mcp_secret.as_ref())?;
         check_secret("admin_token", self.admin_token.as_ref())?;
+        let tools_url = match &self.tools_url {
+            Some(url) if !url.trim().is_empty() && self.tools_mode != ToolsMode::Off => {
+                if self.mcp_secret.is_none() {
+                    return Err(invalid(
+                        "tools_url is set but mcp_secret is not: agents' tool tokens derive from it \
+                         (make one with `openssl rand -hex 32`)"
+                            .into(),
+                    ));
+                }
+                Some(parse_http_url("tools_url", url)?)
+            }
+            _ => None,
+        };
         Ok(Settings {
             server_name,
             homeserver_url,
@@ -462,6 +498,7 @@ impl Config {
             admins,
             bot_user_id,
             allow,
+            tools_url,
             raw: self,
         })
     }

@@ -14,6 +14,7 @@ use ruma::api::{
 use crate::letta::LettaError;
 use crate::matrix::MatrixError;
 use crate::store::StoreError;
+use crate::tools::{Refusal, ToolError};
 
 /// What stops a piece of background work (a sync pass, a relay turn, a history import): the
 /// worker logs it and tries again later, or tells the room.
@@ -55,6 +56,10 @@ pub enum AppError {
     MethodNotAllowed,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Credentials(#[from] Refusal),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
 }
 
 impl AppError {
@@ -71,6 +76,13 @@ impl AppError {
             Self::Unrecognized => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown),
+            Self::Credentials(Refusal::WrongToken) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+            Self::Credentials(_) => (StatusCode::UNAUTHORIZED, ErrorKind::MissingToken),
+            Self::Tool(ToolError::Unknown(_)) => (StatusCode::NOT_FOUND, ErrorKind::Unrecognized),
+            Self::Tool(ToolError::Invalid(_)) => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam),
+            Self::Tool(ToolError::Refused(_)) => (StatusCode::FORBIDDEN, ErrorKind::Forbidden),
+            // The homeserver or the database failed: the caller may try again.
+            Self::Tool(ToolError::Failed(_)) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown),
         }
     }
 }

@@ -21,3 +21,4 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tools;

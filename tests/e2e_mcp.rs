@@ -272,27 +272,96 @@ async fn every_tool_works_as_the_calling_agent_and_bad_arguments_are_explained()
     stack.stop().await;
 }
 
+/// Listing needs no credentials (Letta lists without an agent); every call needs the caller's own
+/// token, over MCP and over the sandbox tools' HTTP API alike, and both answer the same.
 #[tokio::test]
 async fn an_agent_cannot_act_as_another() {
     let stack = stack("auth.test", &["Alpha", "Beta"], &[("LETTA_MATRIX_MCP_SECRET", SECRET)]).await;
     let (alpha, beta) = (&stack.agents[0], &stack.agents[1]);
     let alphas_token = agent_token(&Secret::new(SECRET), &alpha.id);
-    assert!(
-        connect(&stack, &beta.id, &alphas_token).await.is_err(),
-        "alpha's token does not open beta's tools"
-    );
-    assert!(connect(&stack, &alpha.id, "guessed").await.is_err());
-    let response = reqwest::Client::new()
-        .post(format!("{}/mcp", stack.install.base_url()))
-        .header("x-agent-id", &beta.id)
-        .bearer_auth(&alphas_token)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
-        .send()
+    for (agent, token) in [(&beta.id, alphas_token.as_str()), (&alpha.id, "guessed")] {
+        let client = connect(&stack, agent, token).await.expect("connecting needs no token");
+        let tools = client.list_all_tools().await.expect("listing needs no token");
+        assert_eq!(tools.len(), 10);
+        let refused = call(&client, "list_agents", json!({})).await.unwrap_err();
+        assert!(refused.contains("does not belong"), "{refused}");
+        client.cancel().await.unwrap();
+    }
+    let unauthenticated = connect(&stack, "", "")
         .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.unwrap();
+        .expect("no credentials at all still lists");
+    assert_eq!(unauthenticated.list_all_tools().await.unwrap().len(), 10);
+    let refused = call(&unauthenticated, "list_agents", json!({})).await.unwrap_err();
+    assert!(refused.contains("x-agent-id"), "{refused}");
+    unauthenticated.cancel().await.unwrap();
+
+    let http = reqwest::Client::new();
+    let tool = |name: &str, agent: &str, token: &str, body: &str| {
+        http.post(format!("{}/tools/{name}", stack.install.base_url()))
+            .header("x-agent-id", agent)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    let answered = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = answered(tool("list_agents", &beta.id, &alphas_token, "{}").await.unwrap()).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("does not belong"));
+    let (status, body) = answered(tool("list_agents", &alpha.id, "", "{}").await.unwrap()).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_MISSING_TOKEN")),
+        "{body}"
+    );
+    let (status, body) = answered(tool("rm_rf", &alpha.id, &alphas_token, "{}").await.unwrap()).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED")),
+        "{body}"
+    );
+    let (status, body) = answered(tool("get_agent_room", &alpha.id, &alphas_token, "{}").await.unwrap()).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+    assert!(body["error"].as_str().unwrap().contains("agent_id"), "{body}");
+    let (status, body) = answered(tool("get_agent_room", &alpha.id, &alphas_token, "[1]").await.unwrap()).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    let (status, body) = answered(
+        tool(
+            "matrix_read_room",
+            &alpha.id,
+            &alphas_token,
+            &json!({"room_id": beta.room}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "not in beta's room: {body}"
+    );
+
+    // The same answer by either road.
+    let arguments = json!({"agent_id": beta.id});
+    let (status, by_http) = answered(
+        tool("get_agent_room", &alpha.id, &alphas_token, &arguments.to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{by_http}");
+    let client = client_for(&stack, &alpha.id).await;
+    assert_eq!(call(&client, "get_agent_room", arguments).await.unwrap(), by_http);
+    assert_eq!(by_http["room_id"], beta.room.as_str());
+    client.cancel().await.unwrap();
     stack.stop().await;
 }
 

@@ -16,7 +16,8 @@
 # launch_letta   a fresh PostgreSQL in a new dir under $letta_home/runs, Letta's migrations, then
 #                `letta server --secure` on a free port of 127.0.0.1 in the background; exports
 #                LETTA_MATRIX_TEST_LETTA_URL, LETTA_MATRIX_TEST_LETTA_TOKEN (the bearer token the
-#                server demands) and LETTA_MATRIX_TEST_LETTA_LOG (the server's log)
+#                server demands), LETTA_MATRIX_TEST_LETTA_LOG (the server's log) and
+#                LETTA_MATRIX_TEST_LETTA_PYTHON (its venv's python)
 # wait_letta     waits for /v1/health/ (LETTA_MATRIX_TEST_LETTA_START_TIMEOUT, default 1200 s)
 # start_letta    launch_letta then wait_letta
 # stop_letta     stops the server and its PostgreSQL and removes the run's dir (EXIT trap);
@@ -243,6 +244,8 @@ launch_letta() {
     export LETTA_MATRIX_TEST_LETTA_URL=http://127.0.0.1:$letta_port
     export LETTA_MATRIX_TEST_LETTA_TOKEN=$letta_token
     export LETTA_MATRIX_TEST_LETTA_LOG=$letta_run_dir/letta.log
+    # Letta's own Python, whose `mcp` package is the MCP client Letta uses (tests drive it).
+    export LETTA_MATRIX_TEST_LETTA_PYTHON=$letta_venv/bin/python
     # Migrations then the server, in the background, in a session of their own (stop_letta ends
     # the whole group). Migrations: pg8000 reaches a unix socket by its path; the server: asyncpg
     # by its dir. --secure: every route but /v1/health/ and /v1/ready/ wants

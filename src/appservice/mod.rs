@@ -13,6 +13,7 @@ use crate::error::AppError;
 
 pub use auth::{authorization, bearer_token, tokens_match};
 pub use transactions::classify;
+pub(crate) use transactions::read_limited;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()

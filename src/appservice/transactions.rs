@@ -72,7 +72,7 @@ fn stored_events(state: &AppState, stored: u64) {
 }
 
 /// Reads the body, refusing it with `M_TOO_LARGE` as soon as it passes `limit` bytes.
-async fn read_limited(body: Body, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, AppError> {
+pub(crate) async fn read_limited(body: Body, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, AppError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

@@ -3,6 +3,7 @@
 //! adds fields between versions.
 
 mod messages;
+mod tools;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::config::Secret;
 use crate::outbound::RetryPolicy;
 
 pub use messages::{ApprovalDecision, EventStream, LettaMessage, MessageCreate, StopReason, StreamEvent, find_turn};
+pub use tools::{AgentTooling, LettaTool, McpServer};
 
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.
@@ -199,6 +201,9 @@ pub struct Agent {
     pub updated_at: Option<String>,
     #[serde(default)]
     pub agent_type: Option<String>,
+    /// Letta's own labels; `agent_tags` and `tools_agent_tags` select agents by them.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl Agent {
@@ -210,6 +215,11 @@ impl Agent {
             Some("sleeptime_agent" | "voice_sleeptime_agent")
         )
     }
+}
+
+/// A path segment, percent-encoded.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -305,7 +315,10 @@ impl LettaClient {
         let mut agents: Vec<Agent> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
-            let mut path = format!("/v1/agents/?limit={}&order=asc&order_by=created_at", self.agents_page);
+            let mut path = format!(
+                "/v1/agents/?limit={}&order=asc&order_by=created_at&include=agent.tags",
+                self.agents_page
+            );
             for tag in &self.tags {
                 path.push_str("&tags=");
                 path.extend(url::form_urlencoded::byte_serialize(tag.as_bytes()));
@@ -325,17 +338,26 @@ impl LettaClient {
     }
 
     pub async fn agent(&self, agent_id: &str) -> Result<Agent, LettaError> {
-        let path = format!(
-            "/v1/agents/{}",
-            url::form_urlencoded::byte_serialize(agent_id.as_bytes()).collect::<String>()
-        );
+        let path = format!("/v1/agents/{}?include=agent.tags", encode(agent_id));
         self.get(&path, &format!("agent {agent_id}")).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, LettaError> {
+        self.call(reqwest::Method::GET, path, None, what).await
+    }
+
+    /// One request, retried on what `is_retryable` allows: only for calls that are safe to
+    /// repeat (reads, upserts, attaching what may be attached already).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<T, LettaError> {
         let mut attempt = 0;
         loop {
-            match self.get_once(path, what).await {
+            match self.call_once(method.clone(), path, body, what).await {
                 Err(error) if error.is_retryable() && attempt + 1 < self.retry.attempts => {
                     attempt += 1;
                     let delay = error.retry_after().unwrap_or_else(|| self.retry.delay(attempt));
@@ -347,8 +369,17 @@ impl LettaClient {
         }
     }
 
-    async fn get_once<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, LettaError> {
-        let request = self.authorize(self.http.get(self.url(path)));
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<T, LettaError> {
+        let mut request = self.authorize(self.http.request(method, self.url(path)));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();

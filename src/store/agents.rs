@@ -234,6 +234,15 @@ impl Store {
         Ok(row.map(|(value,)| value))
     }
 
+    /// Every applied setting whose name starts with `prefix`, as (name, value).
+    pub async fn applied_settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query_as("SELECT name, value FROM applied_settings WHERE substr(name, 1, length($1)) = $1")
+            .bind(prefix)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
+    }
+
     pub async fn set_applied_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO applied_settings (name, value, applied_at) VALUES ($1, $2, $3)

@@ -25,6 +25,7 @@ use crate::letta::{Agent, LettaClient, LettaError};
 use crate::matrix::MatrixClient;
 use crate::namespace::Namespace;
 use crate::store::{AgentRecord, Leadership, Store, now_ms};
+use crate::tools::provision::Provisioner;
 
 /// Management rooms are named `management:<admin user id>` in `bridge_rooms`.
 pub const MANAGEMENT_PREFIX: &str = "management:";
@@ -71,6 +72,8 @@ pub struct Reconciler {
     namespace: Arc<Namespace>,
     settings: Arc<Settings>,
     state: SharedSyncState,
+    /// Gives agents the tools, when configured.
+    tools: Option<Arc<Provisioner>>,
 }
 
 impl Reconciler {
@@ -86,6 +89,7 @@ impl Reconciler {
             namespace: app.namespace.clone(),
             settings: app.settings.clone(),
             state: app.sync_state.clone(),
+            tools: Provisioner::new(&app.settings, app.letta.clone(), app.store.clone()).map(Arc::new),
         }
     }
 
@@ -208,7 +212,11 @@ impl Reconciler {
             agents: agents.len(),
             ..PassSummary::default()
         };
-        if work.is_empty() && gone.is_empty() {
+        let tools_due = match &self.tools {
+            Some(tools) => tools.due(&agents).await?,
+            None => Vec::new(),
+        };
+        if work.is_empty() && gone.is_empty() && tools_due.is_empty() {
             *known = Some(records);
             return Ok(summary);
         }
@@ -229,6 +237,30 @@ impl Reconciler {
             .buffer_unordered(self.settings.raw.sync_concurrency)
             .collect()
             .await;
+        let not_bridged: HashSet<String> = results
+            .iter()
+            .filter(|(_, result)| result.is_err())
+            .map(|(agent_id, _)| agent_id.clone())
+            .collect();
+        if let Some(tools) = &self.tools {
+            // Only agents in Matrix: a tool call authenticates against the agent's record.
+            let due = tools_due.into_iter().filter(|agent| !not_bridged.contains(&agent.id));
+            let tasks: Vec<_> = due
+                .map(|agent| async move { (agent.id.clone(), tools.provision(agent).await) })
+                .collect();
+            let tooled: Vec<(String, Result<(), WorkError>)> = futures::stream::iter(tasks)
+                .buffer_unordered(self.settings.raw.sync_concurrency)
+                .collect()
+                .await;
+            for (agent_id, result) in tooled {
+                if let Err(error) = result {
+                    summary.failed += 1;
+                    metrics::counter!("letta_matrix_sync_errors_total").increment(1);
+                    tracing::warn!(agent_id, %error, "cannot give the agent its Matrix tools; the next pass retries");
+                    self.state.write().expect("state lock").last_error = Some(format!("{agent_id} tools: {error}"));
+                }
+            }
+        }
         for (agent_id, result) in results {
             match result {
                 Ok(()) => summary.provisioned += 1,
@@ -303,6 +335,7 @@ mod tests {
             created_at: None,
             updated_at: None,
             agent_type: None,
+            tags: Vec::new(),
         }
     }
 

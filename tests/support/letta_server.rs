@@ -12,6 +12,7 @@ use letta_standin::LettaStandin;
 use model_standin::{ModelStandin, Step};
 use serde_json::{Value, json};
 
+pub const PYTHON_ENV: &str = "LETTA_MATRIX_TEST_LETTA_PYTHON";
 pub const URL_ENV: &str = "LETTA_MATRIX_TEST_LETTA_URL";
 pub const TOKEN_ENV: &str = "LETTA_MATRIX_TEST_LETTA_TOKEN";
 /// Set by `scripts/test`: a missing server is then a failure, not a skip.
@@ -54,6 +55,21 @@ impl LettaServer {
             http: reqwest::Client::new(),
             models: Mutex::default(),
         })
+    }
+
+    /// The python of the real Letta's venv, whose `mcp` package is the MCP client Letta uses; `None`
+    /// (said on stderr) where no real Letta was installed and none is required.
+    pub fn python() -> Option<std::path::PathBuf> {
+        match std::env::var(PYTHON_ENV) {
+            Ok(python) => Some(python.into()),
+            Err(_) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => {
+                panic!("{PYTHON_ENV} is not set though {REQUIRE_ENV}=1: scripts/test installs the real Letta")
+            }
+            Err(_) => {
+                eprintln!("no real Letta: {PYTHON_ENV} is not set (scripts/test sets it); this test did not run");
+                None
+            }
+        }
     }
 
     /// Our stand-in, requiring a token as the real server in secure mode does.

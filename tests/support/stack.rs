@@ -76,6 +76,9 @@ async fn build(
 
 /// Synapse and `serve` in front of the real Letta, with `agents` (already created there) set up
 /// in Matrix.
+/// In a setting's value, stands for the address letta-matrix serves on (e.g. for `tools_url`).
+pub const SELF_URL: &str = "{letta-matrix}";
+
 pub async fn real_stack(
     server: &str,
     letta: LettaServer,
@@ -108,7 +111,7 @@ async fn bring_up<L>(
     install.set("LETTA_MATRIX_INVITE", format!("@alice:{server}"));
     install.set("LETTA_MATRIX_RELAY_EDIT_INTERVAL_MS", "300");
     for (key, value) in settings {
-        install.set(key, *value);
+        install.set(key, value.replace(SELF_URL, &install.base_url()));
     }
     install.write_registration().await;
     let synapse = Synapse::start_with(server, &[install.registration_path()], synapse_config)
