@@ -69,7 +69,7 @@ async fn on_a_real_letta_agents_get_the_tools_and_one_asks_another() {
         ],
     );
     letta.script(&beta_id, [Step::reply("Beta here: two plus two is four.")]);
-    let stack = real_stack(
+    let mut stack = real_stack(
         "tools.test",
         letta,
         vec![alpha_id.clone(), beta_id.clone(), mallory_id.clone()],
@@ -139,6 +139,16 @@ async fn on_a_real_letta_agents_get_the_tools_and_one_asks_another() {
         "the tool's answer (beta's room) reached alpha's model: {alpha_saw}"
     );
 
+    // An agent made while letta-matrix runs gets the tools too.
+    let late_id = stack.letta.create_agent("Late").await;
+    eventually("the new agent's tools", PATIENCE, || async {
+        let (tools, secrets) = tooling(&stack.letta, &late_id).await;
+        (tools.iter().any(|t| t == "matrix_agent_message")
+            && secrets.get("LETTA_MATRIX_TOKEN") == Some(&json!(agent_token(&Secret::new(SECRET), &late_id))))
+        .then_some(())
+    })
+    .await;
+
     // Mallory holds Alpha's token: its call is refused, and its model is told why.
     stack
         .letta
@@ -174,7 +184,106 @@ async fn on_a_real_letta_agents_get_the_tools_and_one_asks_another() {
             .any(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains("trust me"))),
         "nothing was posted with a borrowed token"
     );
+
+    // MCP mode, where Letta accepts our URL: after a restart the same agents switch over.
+    if let Some(ip) = global_address() {
+        let port = std::net::TcpListener::bind((ip.as_str(), 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://{ip}:{port}");
+        let letta_log = std::env::var("LETTA_MATRIX_TEST_LETTA_LOG").ok();
+        let log_start = letta_log
+            .as_ref()
+            .map_or(0, |log| std::fs::metadata(log).unwrap().len() as usize);
+        assert_eq!(stack.served.take().unwrap().terminate().await, Some(0));
+        stack.install.set("LETTA_MATRIX_TOOLS_MODE", "mcp");
+        stack.install.set("LETTA_MATRIX_MCP_BIND", format!("{ip}:{port}"));
+        stack.install.set("LETTA_MATRIX_TOOLS_URL", &url);
+        stack.served = Some(stack.install.serve().await.unwrap());
+        // Letta lists our tools as it registers the server, and stores them by name: the
+        // sandbox tools become MCP tools, still attached.
+        eventually("alpha's tools served over MCP", PATIENCE, || async {
+            let agent = stack
+                .letta
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/agents/{alpha_id}?include=agent.tools"),
+                    None,
+                )
+                .await;
+            agent["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "matrix_agent_message" && t["tool_type"] == "external_mcp")
+                .then_some(())
+        })
+        .await;
+        let servers = stack.letta.call(reqwest::Method::GET, "/v1/mcp-servers/", None).await;
+        let ours = servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["server_name"] == "letta-matrix")
+            .expect("letta-matrix registered itself");
+        assert_eq!(ours["server_url"], format!("{url}/mcp"));
+        eventually("mallory's own token back", PATIENCE, || async {
+            let (_, secrets) = tooling(&stack.letta, &mallory_id).await;
+            (secrets["LETTA_MATRIX_TOKEN"] == agent_token(&Secret::new(SECRET), &mallory_id)).then_some(())
+        })
+        .await;
+        stack.letta.script(
+            &alpha_id,
+            [
+                Step::tool_call(
+                    "matrix_agent_message",
+                    json!({"to_agent_id": beta_id, "message": "And what is three plus three?"}),
+                ),
+                Step::reply("Asked Beta again."),
+            ],
+        );
+        stack.letta.script(&beta_id, [Step::reply("Beta again: six.")]);
+        stack.alice.send_text(&alpha.room, "Ask Beta once more.").await.unwrap();
+        eventually("alpha's question over MCP in beta's room", PATIENCE, || async {
+            let shown = shown_messages(&stack.alice.messages(&beta.room, 50).await.unwrap(), &alpha.ghost);
+            shown.into_iter().find(|m| m.body.contains("three plus three"))
+        })
+        .await;
+        eventually("beta's second answer back in alpha's room", PATIENCE, || async {
+            let shown = shown_messages(&stack.alice.messages(&alpha.room, 50).await.unwrap(), &beta.ghost);
+            shown.into_iter().find(|m| m.body.contains("six"))
+        })
+        .await;
+        // What Letta logged about us before: an empty priming event, a 202 to DELETE, a listing
+        // refused, and a token template it could not fill in without an agent.
+        if let Some(log) = letta_log {
+            let log = std::fs::read(log).unwrap();
+            let log = String::from_utf8_lossy(&log[log_start..]);
+            for complaint in [
+                "Error parsing SSE message",
+                "Session termination failed",
+                "tools were not persisted",
+                "Unable to resolve templated variable",
+            ] {
+                assert!(!log.contains(complaint), "Letta logged `{complaint}`");
+            }
+        }
+    }
     stack.stop().await;
+}
+
+/// A global address on this machine (scripts/test adds one to lo as root): Letta accepts MCP
+/// servers only there.
+fn global_address() -> Option<String> {
+    let address = std::env::var("LETTA_MATRIX_TEST_GLOBAL_IP").ok();
+    if address.is_none() {
+        eprintln!(
+            "LETTA_MATRIX_TEST_GLOBAL_IP is not set (scripts/test sets it as root): MCP mode on the real Letta not tested"
+        );
+    }
+    address
 }
 
 /// Letta's MCP client, as Letta runs it (python `mcp` from Letta's venv), lists our tools with no

@@ -15,7 +15,7 @@ use crate::config::Secret;
 use crate::outbound::RetryPolicy;
 
 pub use messages::{ApprovalDecision, EventStream, LettaMessage, MessageCreate, StopReason, StreamEvent, find_turn};
-pub use tools::{AgentTooling, LettaTool, McpServer};
+pub use tools::{AgentTooling, LettaTool, McpServer, McpServerConfig};
 
 /// Letta refuses streaming to clients older than its 1.0 SDK, and other routes change shape by
 /// this header too (agents come without relationships); sending it always keeps one dialect.

@@ -27,6 +27,37 @@ pub struct McpServer {
     pub server_url: Option<String>,
 }
 
+/// A Streamable HTTP MCP server whose bearer token Letta fills in per agent from the agent's
+/// secret `token_secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerConfig {
+    pub url: String,
+    pub token_secret: String,
+}
+
+impl McpServerConfig {
+    /// The token as Letta templates it. The default (after `|`) stands in when Letta lists tools
+    /// with no agent, so that it has nothing to warn about; a call with it is refused.
+    pub fn auth_token(&self) -> String {
+        format!("Bearer {{{{ {} | no-agent }}}}", self.token_secret)
+    }
+
+    /// Whether a registered server is reached at this config's URL. (Its token is not compared:
+    /// Letta 0.16.8 keeps a Streamable HTTP server's token through an update.)
+    pub fn matches(&self, server: &McpServer) -> bool {
+        server.server_url.as_deref() == Some(self.url.as_str())
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "mcp_server_type": "streamable_http",
+            "server_url": self.url,
+            "auth_header": "Authorization",
+            "auth_token": self.auth_token(),
+        })
+    }
+}
+
 /// What provisioning needs to know of an agent: its tools and its secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentTooling {
@@ -111,20 +142,17 @@ impl LettaClient {
         self.get("/v1/mcp-servers/", "MCP server list").await
     }
 
-    /// Registers a Streamable HTTP MCP server whose token Letta fills in per agent from the
-    /// agent's secret `token_secret`. Letta lists and stores its tools as it registers it.
-    pub async fn create_mcp_server(&self, name: &str, url: &str, token_secret: &str) -> Result<McpServer, LettaError> {
-        let body = json!({
-            "server_name": name,
-            "config": {
-                "mcp_server_type": "streamable_http",
-                "server_url": url,
-                "auth_header": "Authorization",
-                "auth_token": format!("Bearer {{{{ {token_secret} }}}}"),
-            },
-        });
+    /// Registers a Streamable HTTP MCP server. Letta lists and stores its tools as it registers it.
+    pub async fn create_mcp_server(&self, name: &str, config: &McpServerConfig) -> Result<McpServer, LettaError> {
+        let body = json!({ "server_name": name, "config": config.to_json() });
         self.call_once(Method::POST, "/v1/mcp-servers/", Some(&body), "MCP server")
             .await
+    }
+
+    pub async fn update_mcp_server(&self, server_id: &str, config: &McpServerConfig) -> Result<McpServer, LettaError> {
+        let path = format!("/v1/mcp-servers/{}", encode(server_id));
+        let body = json!({ "config": config.to_json() });
+        self.call(Method::PATCH, &path, Some(&body), "MCP server").await
     }
 
     pub async fn mcp_server_tools(&self, server_id: &str) -> Result<Vec<LettaTool>, LettaError> {

@@ -16,7 +16,7 @@ use url::Url;
 use super::{TOKEN_SECRET, ToolName, agent_token, sandbox};
 use crate::config::{Secret, Settings, ToolsMode};
 use crate::error::WorkError;
-use crate::letta::{Agent, LettaClient, LettaError, LettaTool};
+use crate::letta::{Agent, LettaClient, LettaError, LettaTool, McpServerConfig};
 use crate::store::Store;
 
 /// Our MCP server's name in Letta.
@@ -65,7 +65,7 @@ impl Provisioner {
 
     /// Whether `tools_agent_tags` admits the agent.
     pub fn wants(&self, agent: &Agent) -> bool {
-        self.only_tags.is_empty() || agent.tags.iter().any(|tag| self.only_tags.contains(tag))
+        admits(&self.only_tags, agent)
     }
 
     fn fingerprint(&self, agent_id: &str) -> String {
@@ -165,24 +165,37 @@ impl Provisioner {
     /// Our MCP server's tools as Letta stored them, registering the server first if need be.
     async fn register_mcp_server(&self) -> Result<Vec<LettaTool>, WorkError> {
         let url = format!("{}{}", self.url.as_str().trim_end_matches('/'), crate::mcp::MCP_PATH);
+        let config = McpServerConfig {
+            url: url.clone(),
+            token_secret: TOKEN_SECRET.to_owned(),
+        };
+        let refused = |error: LettaError| match error {
+            LettaError::Status {
+                status: 400 | 422,
+                body,
+            } => WorkError::Invalid(format!(
+                "Letta refused our MCP server at {url}: {body} (Letta 0.16.8 refuses loopback and private addresses: use tools_mode = \"sandbox\")"
+            )),
+            other => other.into(),
+        };
         let servers = self.letta.mcp_servers().await?;
         let server = match servers.into_iter().find(|s| s.server_name == MCP_SERVER_NAME) {
+            Some(server) if config.matches(&server) => server,
+            // Ours by its name: brought up to date (a new tools_url, say).
             Some(server) => {
-                if server.server_url.as_deref() != Some(url.as_str()) {
-                    tracing::warn!(registered = ?server.server_url, configured = url, "Letta has an MCP server named {MCP_SERVER_NAME} at another URL; using it as it is");
-                }
-                server
+                let updated = self
+                    .letta
+                    .update_mcp_server(&server.id, &config)
+                    .await
+                    .map_err(refused)?;
+                self.letta.refresh_mcp_server(&updated.id).await?;
+                updated
             }
             None => self
                 .letta
-                .create_mcp_server(MCP_SERVER_NAME, &url, TOKEN_SECRET)
+                .create_mcp_server(MCP_SERVER_NAME, &config)
                 .await
-                .map_err(|error| match error {
-                    LettaError::Status { status: 400 | 422, body } => WorkError::Invalid(format!(
-                        "Letta refused to register our MCP server at {url}: {body} (Letta 0.16.8 refuses loopback and private addresses: set tools_mode = \"sandbox\")"
-                    )),
-                    other => other.into(),
-                })?,
+                .map_err(refused)?,
         };
         let mut tools = self.letta.mcp_server_tools(&server.id).await?;
         if tools.is_empty() {
@@ -198,5 +211,32 @@ impl Provisioner {
             )));
         }
         Ok(tools)
+    }
+}
+
+fn admits(only_tags: &[String], agent: &Agent) -> bool {
+    only_tags.is_empty() || agent.tags.iter().any(|tag| only_tags.contains(tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_agent_tags_limit_who_gets_the_tools() {
+        let agent = |tags: &[&str]| Agent {
+            id: "agent-1".into(),
+            name: "A".into(),
+            description: None,
+            created_at: None,
+            updated_at: None,
+            agent_type: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        assert!(admits(&[], &agent(&[])), "no limit: every agent");
+        let only = ["matrix-tools".to_owned()];
+        assert!(admits(&only, &agent(&["x", "matrix-tools"])));
+        assert!(!admits(&only, &agent(&["x"])));
+        assert!(!admits(&only, &agent(&[])));
     }
 }
