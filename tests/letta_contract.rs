@@ -5,7 +5,9 @@
 mod support;
 
 use futures::StreamExt;
-use letta_matrix::letta::{LettaError, MessageCreate, StopReason, StreamEvent, find_turn};
+use std::collections::BTreeMap;
+
+use letta_matrix::letta::{LettaError, McpServerConfig, MessageCreate, StopReason, StreamEvent, find_turn};
 use model_standin::Step;
 use serde_json::{Value, json};
 use support::letta_server::LettaServer;
@@ -411,6 +413,78 @@ async fn a_failing_model_ends_the_stream_with_an_error_event(letta: &LettaServer
     assert!(error.is_some_and(|text| !text.is_empty()), "{events:?}");
 }
 
+/// What tool provisioning relies on: a tool upserted by name keeps its id and takes the new code;
+/// attaching twice attaches once; a secrets PATCH replaces them all (so we merge); relationships
+/// and tags come when asked for.
+async fn tools_are_upserted_by_name_attached_once_and_secrets_replaced_whole(letta: &LettaServer) {
+    let client = letta.client();
+    let id = letta.create_agent(&unique("tooled")).await;
+    let name = unique("contract_tool").replace('-', "_");
+    let schema = |description: &str| {
+        json!({"name": name, "description": description, "parameters": {"type": "object",
+            "properties": {"x": {"type": "string", "description": "x"}}, "required": ["x"]}})
+    };
+    let source = |body: &str| {
+        format!(
+            "def {name}(x: str) -> str:\n    \"\"\"Probe.\n\n    Args:\n        x (str): x\n\n    Returns:\n        str: x\n    \"\"\"\n    return {body}\n"
+        )
+    };
+    let first = client
+        .upsert_tool(&source("x"), &schema("first"), "first", &["contract"])
+        .await
+        .unwrap();
+    let second = client
+        .upsert_tool(&source("x + x"), &schema("second"), "second", &["contract"])
+        .await
+        .unwrap();
+    assert_eq!(first.id, second.id, "the same tool, by name");
+    assert_eq!(
+        (second.name.as_str(), second.tags.as_slice()),
+        (name.as_str(), ["contract".to_owned()].as_slice())
+    );
+    client.attach_tool(&id, &first.id).await.unwrap();
+    client.attach_tool(&id, &first.id).await.unwrap();
+    let tooling = client.agent_tooling(&id).await.unwrap();
+    assert_eq!(tooling.tool_ids.iter().filter(|t| **t == first.id).count(), 1);
+    assert!(matches!(
+        client
+            .attach_tool(&id, "tool-00000000-0000-4000-8000-000000000000")
+            .await,
+        Err(LettaError::NotFound { .. })
+    ));
+    let secrets = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    client
+        .set_agent_secrets(&id, &secrets(&[("A", "1"), ("B", "2")]))
+        .await
+        .unwrap();
+    client.set_agent_secrets(&id, &secrets(&[("B", "3")])).await.unwrap();
+    assert_eq!(client.agent_tooling(&id).await.unwrap().secrets, secrets(&[("B", "3")]));
+    let listed = tagged_client(letta).list_agents().await.unwrap();
+    let agent = listed.iter().find(|a| a.id == id).expect("listed by its tag");
+    assert_eq!(agent.tags, [letta.tag.clone()]);
+}
+
+/// Letta 0.16.8 refuses MCP servers on loopback and private addresses (hence our sandbox tools).
+async fn an_mcp_server_on_a_private_address_is_refused(letta: &LettaServer) {
+    let client = letta.client();
+    for url in [
+        "http://127.0.0.1:9/mcp",
+        "http://10.1.2.3/mcp",
+        "http://192.168.0.2:9000/mcp",
+    ] {
+        let config = McpServerConfig {
+            url: url.into(),
+            token_secret: "LETTA_MATRIX_TOKEN".into(),
+        };
+        match client.create_mcp_server(&unique("private"), &config).await {
+            Err(LettaError::Status { status: 422, body }) => assert!(body.contains("Non-public"), "{url}: {body}"),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod standin {
@@ -436,4 +510,6 @@ contract!(
     an_unknown_agent_and_a_bad_token_are_told_apart,
     a_tool_call_waits_for_approval_until_denied,
     a_failing_model_ends_the_stream_with_an_error_event,
+    tools_are_upserted_by_name_attached_once_and_secrets_replaced_whole,
+    an_mcp_server_on_a_private_address_is_refused,
 );

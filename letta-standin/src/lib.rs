@@ -447,7 +447,11 @@ fn router(world: Shared) -> Router {
             "/v1/agents/{agent_id}/messages",
             get(messages::list).post(messages::send),
         )
-        .route("/v1/tools/", post(tools::create_tool))
+        .route("/v1/tools/", post(tools::create_tool).put(tools::upsert_tool))
+        .route(
+            "/v1/mcp-servers/",
+            get(tools::list_mcp_servers).post(tools::create_mcp_server),
+        )
         .route(
             "/v1/agents/{agent_id}/tools/attach/{tool_id}",
             patch(tools::attach_tool),
@@ -509,11 +513,13 @@ struct ListQuery {
 /// defaults to 50 and 0 means all. `tags` (repeated) keeps agents carrying any of them.
 async fn list_agents(
     State(world): State<Shared>,
+    headers: axum::http::HeaderMap,
     Query(query): Query<ListQuery>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
     let world = world.lock().unwrap();
     let wanted: Vec<String> = raw
+        .as_deref()
         .unwrap_or_default()
         .split('&')
         .filter_map(|pair| pair.strip_prefix("tags="))
@@ -540,7 +546,7 @@ async fn list_agents(
     let page: Vec<Value> = ids[start.min(end)..end]
         .iter()
         .take(limit.min(world.agent_page_cap.unwrap_or(usize::MAX)))
-        .map(|id| world.listed[*id].clone())
+        .map(|id| tools::with_relationships(world.listed[*id].clone(), raw.as_deref().unwrap_or_default(), &headers))
         .collect();
     Json(Value::Array(page)).into_response()
 }
@@ -549,14 +555,16 @@ async fn list_agents(
 async fn get_agent(
     State(world): State<Shared>,
     Path(agent_id): Path<String>,
+    headers: axum::http::HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
     let world = world.lock().unwrap();
     let Some(agent) = world.agents.get(&agent_id) else {
         return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
     };
-    let mut agent = agent.clone();
-    if query.unwrap_or_default().contains("agent.pending_approval") {
+    let query = query.unwrap_or_default();
+    let mut agent = tools::with_relationships(agent.clone(), &query, &headers);
+    if query.contains("agent.pending_approval") {
         agent["pending_approval"] = world.chats.pending_approval(&agent_id).unwrap_or(Value::Null);
     }
     Json(agent).into_response()
@@ -574,6 +582,9 @@ async fn update_agent(State(world): State<Shared>, Path(agent_id): Path<String>,
     let now = world.tick();
     if !set_fields(&mut world, &agent_id, &body, &now) {
         return detail(StatusCode::NOT_FOUND, format!("Agent with ID {agent_id} not found"));
+    }
+    if let Some(secrets) = body.get("secrets").and_then(Value::as_object) {
+        tools::replace_secrets(&mut world, &agent_id, secrets);
     }
     Json(world.agents[&agent_id].clone()).into_response()
 }
