@@ -463,7 +463,7 @@ async fn tools_are_upserted_by_name_attached_once_and_secrets_replaced_whole(let
     assert_eq!(client.agent_tooling(&id).await.unwrap().secrets, secrets(&[("B", "3")]));
     let listed = tagged_client(letta).list_agents().await.unwrap();
     let agent = listed.iter().find(|a| a.id == id).expect("listed by its tag");
-    assert_eq!(agent.tags, [letta.tag.clone()]);
+    assert_eq!(agent.tags, std::slice::from_ref(&letta.tag));
 }
 
 /// Letta 0.16.8 refuses MCP servers on loopback and private addresses (hence our sandbox tools).
