@@ -7,7 +7,9 @@ mod support;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 
-use letta_matrix::letta::{LettaError, McpServerConfig, MessageCreate, StopReason, StreamEvent, find_turn};
+use letta_matrix::letta::{
+    Conversation, LettaError, McpServerConfig, MessageCreate, StopReason, StreamEvent, find_turn,
+};
 use model_standin::Step;
 use serde_json::{Value, json};
 use support::letta_server::LettaServer;
@@ -485,6 +487,85 @@ async fn an_mcp_server_on_a_private_address_is_refused(letta: &LettaServer) {
     }
 }
 
+async fn turn_in(letta: &LettaServer, conversation: &Conversation, inputs: &[MessageCreate]) -> Vec<StreamEvent> {
+    let stream = letta.client().stream_turn_in(conversation, inputs).await.unwrap();
+    stream.map(|event| event.unwrap()).collect().await
+}
+
+/// A conversation of an agent keeps its own messages: its turns are listed in it and found by
+/// otid there, and the default conversation (what history import reads) has none of them. On the
+/// real server, the model is not sent the default conversation's messages either.
+async fn a_conversation_keeps_its_own_messages_and_context(letta: &LettaServer) {
+    let client = letta.client();
+    let id = letta.create_agent(&unique("many-rooms")).await;
+    let default = Conversation::Default(id.clone());
+    let told = turn_in(letta, &default, &[said("The code word is marmalade.", &unique("otid"))]).await;
+    assert_eq!(stop_of(&told), Some(StopReason::EndTurn), "{told:?}");
+    let room_b = client.create_conversation(&id, "Room B").await.unwrap();
+    assert!(
+        matches!(&room_b, Conversation::Own { agent_id, id: conv } if *agent_id == id && conv.starts_with("conv-")),
+        "{room_b:?}"
+    );
+    let asked = unique("otid");
+    let events = turn_in(letta, &room_b, &[said("What is the code word?", &asked)]).await;
+    assert_eq!(stop_of(&events), Some(StopReason::EndTurn), "{events:?}");
+    assert!(!answer_of(&events).is_empty());
+
+    let in_b = client.recent_messages_in(&room_b, 50).await.unwrap();
+    let (_, answers) = find_turn(&in_b, &asked).expect("the turn is found by its otid in its conversation");
+    assert!(!answers.is_empty());
+    assert!(
+        !in_b.iter().any(|m| m.text().contains("marmalade")),
+        "room B lists only its own messages: {in_b:?}"
+    );
+    let history = client.history(&id, i64::MAX, 100, |_| true).await.unwrap();
+    assert!(history.iter().any(|m| m.text().contains("marmalade")));
+    assert!(
+        !history.iter().any(|m| m.text().contains("What is the code word")),
+        "the default conversation has none of room B's messages"
+    );
+    if letta.is_real() {
+        let requests = letta.model.requests(&letta.model_of(&id));
+        let last = requests.last().expect("the model was asked").to_string();
+        assert!(last.contains("What is the code word"), "{last}");
+        assert!(
+            !last.contains("marmalade"),
+            "room B's context holds the default conversation's words: {last}"
+        );
+    }
+    assert!(matches!(
+        client
+            .create_conversation("agent-00000000-0000-4000-8000-000000000000", "x")
+            .await,
+        Err(LettaError::NotFound { .. })
+    ));
+}
+
+/// Two conversations of one agent answer at the same time.
+async fn turns_in_two_conversations_of_one_agent_overlap(letta: &LettaServer) {
+    let client = letta.client();
+    let id = letta.create_agent(&unique("parallel")).await;
+    let slow = std::time::Duration::from_millis(600);
+    match &letta.standin {
+        Some(standin) => standin.set_latency(&id, slow, std::time::Duration::ZERO),
+        None => letta
+            .model
+            .set_latency(&letta.model_of(&id), slow, std::time::Duration::ZERO),
+    }
+    let a = client.create_conversation(&id, "Room A").await.unwrap();
+    let b = client.create_conversation(&id, "Room B").await.unwrap();
+    let (one, two) = ([said("first", &unique("otid"))], [said("second", &unique("otid"))]);
+    let (first, second) = tokio::join!(turn_in(letta, &a, &one), turn_in(letta, &b, &two));
+    for events in [&first, &second] {
+        assert_eq!(stop_of(events), Some(StopReason::EndTurn), "{events:?}");
+    }
+    let overlapped = match &letta.standin {
+        Some(standin) => standin.max_concurrent(&id),
+        None => letta.model.max_concurrent(&letta.model_of(&id)),
+    };
+    assert_eq!(overlapped, 2, "both turns ran at once");
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod standin {
@@ -512,4 +593,33 @@ contract!(
     a_failing_model_ends_the_stream_with_an_error_event,
     tools_are_upserted_by_name_attached_once_and_secrets_replaced_whole,
     an_mcp_server_on_a_private_address_is_refused,
+    a_conversation_keeps_its_own_messages_and_context,
+    turns_in_two_conversations_of_one_agent_overlap,
 );
+
+/// What Letta 0.16.8 really does with a conversation's context, by agent type (the stand-in has no
+/// context to check): a `letta_v1_agent`'s conversation starts from its own messages, while a
+/// `memgpt_v2_agent`'s model is still sent the default conversation's. The relay must therefore
+/// not count on conversations to keep rooms apart for every agent type.
+#[tokio::test]
+async fn on_the_real_letta_only_a_v1_agents_conversation_has_its_own_context() {
+    let Some(letta) = LettaServer::real().await else { return };
+    let client = letta.client();
+    for (kind, isolated) in [("letta_v1_agent", true), ("memgpt_v2_agent", false)] {
+        let id = letta.create_agent_with(&unique(kind), kind, json!({})).await;
+        let told = turn_in(
+            &letta,
+            &Conversation::Default(id.clone()),
+            &[said("The code word is marmalade.", &unique("otid"))],
+        )
+        .await;
+        assert_eq!(stop_of(&told), Some(StopReason::EndTurn), "{kind}: {told:?}");
+        let room = client.create_conversation(&id, "Room B").await.unwrap();
+        let asked = turn_in(&letta, &room, &[said("What is the code word?", &unique("otid"))]).await;
+        assert_eq!(stop_of(&asked), Some(StopReason::EndTurn), "{kind}: {asked:?}");
+        let requests = letta.model.requests(&letta.model_of(&id));
+        let last = requests.last().expect("the model was asked").to_string();
+        assert!(last.contains("What is the code word"), "{kind}: {last}");
+        assert_eq!(!last.contains("marmalade"), isolated, "{kind}: isolated is {isolated}");
+    }
+}

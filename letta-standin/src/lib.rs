@@ -4,6 +4,7 @@
 //! Agents can be created, renamed and deleted between test steps, failures injected, and every
 //! request is counted so tests can assert what the bridge asked for.
 
+mod conversations;
 mod messages;
 mod replies;
 mod tools;
@@ -50,6 +51,11 @@ struct World {
     token: Option<String>,
     clock: u64,
     chats: messages::Chats,
+    /// Conversation id → its agent.
+    conversations: BTreeMap<String, String>,
+    /// The conversation the request being served writes to (`None`: the agent's default one).
+    /// Set and cleared under the same lock as the turn it serves.
+    serving: Option<String>,
 }
 
 impl World {
@@ -446,6 +452,11 @@ fn router(world: Shared) -> Router {
         .route(
             "/v1/agents/{agent_id}/messages",
             get(messages::list).post(messages::send),
+        )
+        .route("/v1/conversations/", post(conversations::create))
+        .route(
+            "/v1/conversations/{conversation_id}/messages",
+            get(conversations::list).post(conversations::send),
         )
         .route("/v1/tools/", post(tools::create_tool).put(tools::upsert_tool))
         .route(

@@ -156,7 +156,20 @@ pub(crate) async fn send(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    // This route does not stream unless asked; the conversations route does.
     let streaming = body["streaming"].as_bool().unwrap_or(false);
+    send_to(world, agent_id, None, streaming, headers, body).await
+}
+
+/// A turn of `agent_id` in `conversation` (`None`: its default one).
+pub(crate) async fn send_to(
+    world: Shared,
+    agent_id: String,
+    conversation: Option<String>,
+    streaming: bool,
+    headers: HeaderMap,
+    body: Value,
+) -> Response {
     let stream_tokens = body["stream_tokens"].as_bool().unwrap_or(false);
     let (turn, latency, chunk_chars, guard) = {
         let mut locked = world.lock().unwrap();
@@ -173,11 +186,13 @@ pub(crate) async fn send(
                 "streaming=true is only supported for SDK v1.0+ clients.",
             );
         }
+        locked.serving = conversation;
         let turn = if is_approval(&inputs[0]) {
             turn::approve(&mut locked, &agent_id, &inputs[0])
         } else {
             turn::converse(&mut locked, &agent_id, &inputs)
         };
+        locked.serving = None;
         let default_latency = locked.chats.default_latency;
         let chunk_chars = locked.chats.chunk_chars.unwrap_or(DEFAULT_CHUNK_CHARS);
         let chat = locked.chats.chat(&agent_id);
@@ -303,7 +318,7 @@ pub(crate) struct ListQuery {
     order: Option<String>,
     after: Option<String>,
     before: Option<String>,
-    conversation_id: Option<String>,
+    pub(crate) conversation_id: Option<String>,
 }
 
 /// `GET /v1/agents/{id}/messages` as Letta 0.16.8 answers it: `after` is always newer and
@@ -318,7 +333,13 @@ pub(crate) async fn list(
     if !world.agents.contains_key(&agent_id) {
         return detail(StatusCode::NOT_FOUND, "Agent not found");
     }
-    let rows = &world.chats.chat(&agent_id).rows;
+    list_rows(&mut world, &agent_id, query)
+}
+
+/// A page of the agent's rows; `query.conversation_id` keeps one conversation's (`default`: the
+/// default one's), none keeps all.
+pub(crate) fn list_rows(world: &mut World, agent_id: &str, query: ListQuery) -> Response {
+    let rows = &world.chats.chat(agent_id).rows;
     let position = |cursor: &str| {
         rows.iter()
             .position(|row| row.items.iter().any(|item| item["id"] == cursor))

@@ -112,11 +112,11 @@ impl RowBuilder {
         &self.id
     }
 
-    /// Stores the row in the agent's default conversation and returns its items.
+    /// Stores the row in the conversation being served and returns its items.
     pub(crate) fn store(self, world: &mut World, agent_id: &str) -> Vec<Value> {
         let row = Row {
             items: self.items.clone(),
-            conversation_id: None,
+            conversation_id: world.serving.clone(),
         };
         world.chats.chat(agent_id).rows.push(row);
         self.items

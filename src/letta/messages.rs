@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LettaClient, LettaError};
+use super::{Conversation, LettaClient, LettaError};
 
 /// One input message. `name` is stored by Letta and shown to the model as the speaker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -224,7 +224,17 @@ impl LettaClient {
     /// Starts a token-streamed turn. An error before the first event means Letta refused or was
     /// unreachable; the caller decides whether the turn may have happened anyway.
     pub async fn stream_turn(&self, agent_id: &str, messages: &[MessageCreate]) -> Result<EventStream, LettaError> {
-        self.stream(agent_id, messages).await
+        self.stream_turn_in(&Conversation::Default(agent_id.to_owned()), messages)
+            .await
+    }
+
+    /// [`Self::stream_turn`] in one of the agent's conversations.
+    pub async fn stream_turn_in(
+        &self,
+        conversation: &Conversation,
+        messages: &[MessageCreate],
+    ) -> Result<EventStream, LettaError> {
+        self.stream(conversation, messages).await
     }
 
     /// Sends decisions on the tool calls an agent waits on; the agent carries on, streamed like
@@ -238,7 +248,8 @@ impl LettaClient {
             kind: "approval",
             approvals: decisions,
         };
-        self.stream(agent_id, [message]).await
+        self.stream(&Conversation::Default(agent_id.to_owned()), [message])
+            .await
     }
 
     /// The tool calls (by `tool_call_id`) the agent waits on a decision for, if any.
@@ -260,7 +271,7 @@ impl LettaClient {
         Ok(ids)
     }
 
-    async fn stream<T: Serialize>(&self, agent_id: &str, messages: T) -> Result<EventStream, LettaError> {
+    async fn stream<T: Serialize>(&self, conversation: &Conversation, messages: T) -> Result<EventStream, LettaError> {
         let body = SendRequest {
             messages,
             streaming: true,
@@ -269,7 +280,7 @@ impl LettaClient {
         };
         let request = self.authorize(
             self.streaming
-                .post(self.url(&format!("/v1/agents/{}/messages", encode(agent_id))))
+                .post(self.url(&conversation.messages_path()))
                 .header(reqwest::header::ACCEPT, "text/event-stream")
                 .json(&body),
         );
@@ -282,7 +293,7 @@ impl LettaClient {
                 status,
                 &headers,
                 &body,
-                &format!("agent {agent_id}"),
+                &conversation.to_string(),
             ));
         }
         let base = self.base.to_string();
@@ -297,8 +308,18 @@ impl LettaClient {
 
     /// The agent's most recent messages (at most `limit`), oldest first.
     pub async fn recent_messages(&self, agent_id: &str, limit: usize) -> Result<Vec<LettaMessage>, LettaError> {
-        let path = format!("/v1/agents/{}/messages?limit={limit}&order=desc", encode(agent_id));
-        let mut messages: Vec<LettaMessage> = self.get(&path, &format!("agent {agent_id}")).await?;
+        self.recent_messages_in(&Conversation::Default(agent_id.to_owned()), limit)
+            .await
+    }
+
+    /// [`Self::recent_messages`] of one of the agent's conversations.
+    pub async fn recent_messages_in(
+        &self,
+        conversation: &Conversation,
+        limit: usize,
+    ) -> Result<Vec<LettaMessage>, LettaError> {
+        let path = format!("{}?limit={limit}&order=desc", conversation.messages_path());
+        let mut messages: Vec<LettaMessage> = self.get(&path, &conversation.to_string()).await?;
         // Letta 0.16.8 answered `order=desc` oldest first; dates say which way a page runs.
         if messages.first().and_then(|m| m.date.as_ref()) > messages.last().and_then(|m| m.date.as_ref()) {
             messages.reverse();

@@ -2,6 +2,7 @@
 //! connection failures, clear errors on 401 and 404. Unknown response fields are ignored: Letta
 //! adds fields between versions.
 
+mod conversations;
 mod messages;
 mod tools;
 
@@ -14,6 +15,7 @@ use url::Url;
 use crate::config::Secret;
 use crate::outbound::RetryPolicy;
 
+pub use conversations::Conversation;
 pub use messages::{ApprovalDecision, EventStream, LettaMessage, MessageCreate, StopReason, StreamEvent, find_turn};
 pub use tools::{AgentTooling, LettaTool, McpServer, McpServerConfig};
 
