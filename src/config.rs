@@ -101,6 +101,10 @@ pub struct Config {
     pub mcp_secret: Option<Secret>,
     /// Serve MCP on its own address instead of `/mcp` on `bind`.
     pub mcp_bind: Option<SocketAddr>,
+    /// Which Letta conversation a room talks in: `room` (each room but the agent's own gets a
+    /// conversation of its own, where the agent type allows) or `agent` (every room in the
+    /// agent's default conversation, as before conversations existed).
+    pub conversation_scope: ConversationScope,
     /// How agents get the tools: `sandbox` (Letta tools that call our HTTP API from Letta's tool
     /// sandbox; works where Letta refuses private MCP URLs), `mcp` (our MCP server, registered in
     /// Letta; needs a URL Letta accepts), or `off`.
@@ -162,6 +166,7 @@ impl Default for Config {
             inter_agent_max_hops: 3,
             mcp_secret: None,
             mcp_bind: None,
+            conversation_scope: ConversationScope::Room,
             tools_mode: ToolsMode::Sandbox,
             tools_url: None,
             tools_agent_tags: Vec::new(),
@@ -176,6 +181,14 @@ impl Default for Config {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// Which Letta conversation a room talks in (`conversation_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationScope {
+    Room,
+    Agent,
 }
 
 /// How agents get their Matrix tools (`tools_mode`).

@@ -132,7 +132,13 @@ async fn status(State(state): State<AppState>, headers: http::HeaderMap) -> Resu
         .collect();
     let sync = state.sync_state.read().expect("state lock").clone();
     let (pending, rooms) = state.store.inbox_backlog().await?;
-    let relay = json!({"pending_events": pending, "rooms_waiting": rooms});
+    let conversations = state.store.own_conversations().await?;
+    let relay = json!({
+        "pending_events": pending,
+        "rooms_waiting": rooms,
+        "conversation_scope": state.settings.raw.conversation_scope,
+        "rooms_with_own_conversation": conversations,
+    });
     Ok(Json(
         json!({"space": space, "sync": sync, "relay": relay, "agents": agents}),
     ))

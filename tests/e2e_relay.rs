@@ -20,8 +20,6 @@ fn texts(shown: &[Shown]) -> Vec<&str> {
         .collect()
 }
 
-const SEND_ROUTE: &str = "POST /v1/agents/{agent_id}/messages";
-
 /// Alice writes `body` in the thread of `root`, as Element does.
 async fn say_in_thread(stack: &Stack, room: &str, root: &str, body: &str) {
     let relation =
@@ -117,13 +115,19 @@ async fn a_person_sees_a_streamed_formatted_answer_with_typing_and_a_read_receip
         Some(36),
         "an otid derived from the event"
     );
-    assert_eq!(stack.letta.requests(SEND_ROUTE), 1);
+    assert_eq!(stack.letta.turn_requests(), 1);
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn rooms_run_in_parallel_one_room_keeps_order_and_an_agent_takes_one_turn_at_a_time() {
-    let stack = stack("lanes.test", &["Slow", "Quick"], &[]).await;
+    // One conversation per agent: its rooms take turns (tests/e2e_conversations.rs has the rest).
+    let stack = stack(
+        "lanes.test",
+        &["Slow", "Quick"],
+        &[("LETTA_MATRIX_CONVERSATION_SCOPE", "agent")],
+    )
+    .await;
     let (slow, quick) = (&stack.agents[0], &stack.agents[1]);
     stack
         .letta
@@ -306,7 +310,7 @@ async fn a_kill_mid_stream_and_a_restart_yield_exactly_one_complete_answer() {
     assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
     assert_eq!(shown[0].event_id, partial.event_id);
     assert_eq!(
-        stack.letta.requests(SEND_ROUTE),
+        stack.letta.turn_requests(),
         1,
         "Letta was asked once; the answer was looked up"
     );
@@ -339,7 +343,7 @@ async fn a_replayed_transaction_or_event_gets_no_second_answer() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.shown(&agent.room, &agent.ghost).await.len(), 1);
-    assert_eq!(stack.letta.requests(SEND_ROUTE), 1);
+    assert_eq!(stack.letta.turn_requests(), 1);
     stack.stop().await;
 }
 

@@ -16,7 +16,6 @@ use support::stack::{Stack, stack};
 use support::wait::eventually;
 
 const PATIENCE: Duration = Duration::from_secs(60);
-const SEND_ROUTE: &str = "POST /v1/agents/{agent_id}/messages";
 
 fn texts(shown: &[Shown]) -> Vec<&str> {
     shown
@@ -93,7 +92,7 @@ async fn a_redone_turn_completes_an_answer_whose_first_post_was_never_recorded()
     assert_eq!(shown.len(), 1, "the earlier post, completed by an edit: {shown:?}");
     assert_eq!(shown[0].event_id, partial.as_str());
     assert_eq!(
-        stack.letta.requests(SEND_ROUTE),
+        stack.letta.turn_requests(),
         1,
         "the answer was looked up, not asked again"
     );
@@ -125,7 +124,7 @@ async fn a_homeserver_down_for_a_minute_mid_answers_loses_and_doubles_nothing() 
         .await;
     }
     eventually("every agent asked", PATIENCE, || async {
-        (stack.letta.requests(SEND_ROUTE) == names.len()).then_some(())
+        (stack.letta.turn_requests() == names.len()).then_some(())
     })
     .await;
     stack.synapse.stop().await;
@@ -144,7 +143,7 @@ async fn a_homeserver_down_for_a_minute_mid_answers_loses_and_doubles_nothing() 
         assert_eq!(stack.letta.user_messages(&agent.id).len(), 1);
     }
     assert_eq!(
-        stack.letta.requests(SEND_ROUTE),
+        stack.letta.turn_requests(),
         names.len(),
         "Letta was asked once per message"
     );

@@ -78,6 +78,16 @@ async fn the_agent_follows_a_direct_chat_to_the_upgraded_one() {
         members.contains(&agent.ghost).then_some(())
     })
     .await;
+    stack.alice.send_text(&dm, "before the upgrade").await.unwrap();
+    eventually("the answer in the DM", PATIENCE, || async {
+        (!stack.shown(&dm, &agent.ghost).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.letta.conversations(&agent.id),
+        1,
+        "the DM has a conversation of its own"
+    );
     let new_dm = stack.alice.upgrade_room(&dm, "12").await.unwrap();
     invite_asked_for(&stack, &dm, &agent.ghost).await;
     let status = stack.install.status().await;
@@ -87,5 +97,10 @@ async fn the_agent_follows_a_direct_chat_to_the_upgraded_one() {
         "the DM is the new room now"
     );
     answers_in(&stack, &new_dm, &agent.ghost).await;
+    assert_eq!(
+        stack.letta.conversations(&agent.id),
+        1,
+        "the upgraded DM goes on in the same conversation"
+    );
     stack.stop().await;
 }

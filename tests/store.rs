@@ -18,6 +18,8 @@ on_both_engines!(
     bridge_room_is_recorded_once,
     applied_settings_are_replaced,
     old_transaction_ids_are_pruned,
+    a_rooms_conversation_is_chosen_once,
+    applied_settings_are_listed_by_prefix,
 );
 
 fn message(n: usize, room: &str) -> NewInboxEvent {
@@ -275,4 +277,52 @@ async fn old_transaction_ids_are_pruned(db: TestDatabase) {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(store.prune_transactions(1).await.unwrap(), 1);
     assert!(!store.is_transaction_processed("old").await.unwrap());
+}
+
+async fn a_rooms_conversation_is_chosen_once(db: TestDatabase) {
+    let store = db.open().await;
+    assert_eq!(store.room_conversation("agent-a", "!dm:x").await.unwrap(), None);
+    let first = store
+        .set_room_conversation("agent-a", "!dm:x", Some("conv-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("conv-1"));
+    let again = store
+        .set_room_conversation("agent-a", "!dm:x", Some("conv-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.as_deref(),
+        Some("conv-1"),
+        "the first choice stands (another replica's, say)"
+    );
+    let default = store.set_room_conversation("agent-a", "!group:x", None).await.unwrap();
+    assert_eq!(default, None);
+    assert_eq!(
+        store.room_conversation("agent-a", "!group:x").await.unwrap(),
+        Some(None)
+    );
+    assert_eq!(
+        store.room_conversation("agent-b", "!dm:x").await.unwrap(),
+        None,
+        "per agent"
+    );
+    assert_eq!(store.own_conversations().await.unwrap(), 1);
+}
+
+async fn applied_settings_are_listed_by_prefix(db: TestDatabase) {
+    let store = db.open().await;
+    store.set_applied_setting("tools:agent-a", "f1").await.unwrap();
+    store.set_applied_setting("tools:agent-b", "f2").await.unwrap();
+    store.set_applied_setting("invite", "@a:x").await.unwrap();
+    let mut tools = store.applied_settings_with_prefix("tools:").await.unwrap();
+    tools.sort();
+    assert_eq!(
+        tools,
+        [
+            ("tools:agent-a".to_owned(), "f1".to_owned()),
+            ("tools:agent-b".to_owned(), "f2".to_owned())
+        ]
+    );
+    assert!(store.applied_settings_with_prefix("nothing:").await.unwrap().is_empty());
 }

@@ -183,6 +183,17 @@ impl LettaStandin {
         self.world().requests.get(route).copied().unwrap_or(0)
     }
 
+    /// How many conversations (besides the default one) the agent has.
+    pub fn conversations(&self, agent_id: &str) -> usize {
+        self.world().conversations.values().filter(|a| *a == agent_id).count()
+    }
+
+    /// Messages sent to agents, in their default conversation or another (turns and decisions).
+    pub fn turn_requests(&self) -> usize {
+        self.requests("POST /v1/agents/{agent_id}/messages")
+            + self.requests("POST /v1/conversations/{conversation_id}/messages")
+    }
+
     pub fn total_requests(&self) -> usize {
         self.world().requests.values().sum()
     }

@@ -244,12 +244,21 @@ impl LettaClient {
         agent_id: &str,
         decisions: &[ApprovalDecision],
     ) -> Result<EventStream, LettaError> {
+        self.stream_decisions_in(&Conversation::Default(agent_id.to_owned()), decisions)
+            .await
+    }
+
+    /// [`Self::stream_decisions`] for a turn in one of the agent's conversations.
+    pub async fn stream_decisions_in(
+        &self,
+        conversation: &Conversation,
+        decisions: &[ApprovalDecision],
+    ) -> Result<EventStream, LettaError> {
         let message = ApprovalMessage {
             kind: "approval",
             approvals: decisions,
         };
-        self.stream(&Conversation::Default(agent_id.to_owned()), [message])
-            .await
+        self.stream(conversation, [message]).await
     }
 
     /// The tool calls (by `tool_call_id`) the agent waits on a decision for, if any.

@@ -1,11 +1,13 @@
 //! The relay: inbox rows become agent turns. Each room is a lane worked in order, one row at a
-//! time; lanes run in parallel up to `relay_concurrency`; an agent takes one turn at a time
-//! across all its rooms and all replicas.
+//! time; lanes run in parallel up to `relay_concurrency`; a Letta conversation takes one turn at
+//! a time across all replicas, so an agent answers rooms with conversations of their own at once
+//! and the rest one at a time (see `conversation`).
 //!
 //! Claims are leases in the database (see `store::relay`), renewed while work goes on, so a
 //! replica that dies hands its rooms over when the lease runs out, and a replica that restarts
 //! takes its own back at once: leases name the replica (see `identity`), not the process.
 
+mod conversation;
 mod identity;
 mod incoming;
 pub mod interagent;
@@ -436,11 +438,14 @@ impl Relay {
             None => Placement::default(),
         };
         let show_reasoning = settings.show_reasoning.unwrap_or(self.settings.raw.show_reasoning);
-        let _turn = self.agent_turn(&agent.agent_id).await?;
+        let conversation = self.conversation_for(agent, &room_id).await?;
+        let key = conversation::serial_key(&conversation).to_owned();
+        let _turn = self.agent_turn(&key).await?;
         let outcome = self
             .run_turn(TurnRequest {
                 row,
                 agent,
+                conversation,
                 ghost,
                 room_id,
                 inputs,
@@ -449,12 +454,13 @@ impl Relay {
             })
             .instrument(tracing::info_span!("turn", agent_id = agent.agent_id))
             .await;
-        self.store.release_agent(&agent.agent_id, &self.owner).await?;
+        self.store.release_agent(&key, &self.owner).await?;
         outcome
     }
 
-    /// Waits until this worker may start a turn of `agent_id`: first among this process's lanes,
-    /// then among replicas.
+    /// Waits until this worker may start a turn on `agent_id` (an agent, or one of its
+    /// conversations: `conversation::serial_key`): first among this process's lanes, then among
+    /// replicas.
     async fn agent_turn(&self, agent_id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, WorkError> {
         let lock = self
             .agent_locks

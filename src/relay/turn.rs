@@ -19,7 +19,8 @@ use super::reply::{self, Placement};
 use super::writer::{AsideKind, ReplyWriter};
 use super::{Relay, WorkError};
 use crate::letta::{
-    ApprovalDecision, BusyKind, EventStream, LettaError, MessageCreate, StopReason, StreamEvent, find_turn,
+    ApprovalDecision, BusyKind, Conversation, EventStream, LettaError, MessageCreate, StopReason, StreamEvent,
+    find_turn,
 };
 use crate::matrix::MatrixClient;
 use crate::outbound::RetryPolicy;
@@ -41,6 +42,8 @@ const DELAY_CHECK: Duration = Duration::from_millis(250);
 pub(super) struct TurnRequest<'a> {
     pub row: &'a InboxRow,
     pub agent: &'a AgentRecord,
+    /// Where the turn goes in Letta: the room's conversation.
+    pub conversation: Conversation,
     pub ghost: OwnedUserId,
     pub room_id: OwnedRoomId,
     pub inputs: Vec<MessageCreate>,
@@ -74,6 +77,7 @@ impl Relay {
     pub(super) async fn run_turn(&self, turn: TurnRequest<'_>) -> Result<TurnOutcome, WorkError> {
         let row = turn.row;
         let agent_id = turn.agent.agent_id.as_str();
+        let conversation = &turn.conversation;
         let otid = turn.inputs.last().expect("a turn has a message").otid.clone();
         let existing = self.store.turn(&row.event_id, agent_id).await?;
         if existing.as_ref().is_some_and(|t| t.state != "asked") {
@@ -119,7 +123,7 @@ impl Relay {
         let mut cleared_stale_approval = false;
         let outcome = loop {
             if fate_unknown {
-                match self.recover(&mut writer, &delay, agent_id, &otid, started).await {
+                match self.recover(&mut writer, &delay, conversation, &otid, started).await {
                     Ok(Some(outcome)) => break outcome,
                     Ok(None) => {}
                     Err(WorkError::Letta(error)) if error.is_retryable() => {
@@ -136,14 +140,14 @@ impl Relay {
                 }
             }
             self.store.begin_turn(row, agent_id, &otid).await?;
-            match self.ask(&mut writer, &delay, agent_id, &turn.inputs, row).await? {
+            match self.ask(&mut writer, &delay, conversation, &turn.inputs, row).await? {
                 Attempt::Finished {
                     stop_reason,
                     error,
                     awaiting,
                 } => {
                     let (stop_reason, error) = self
-                        .settle_approvals(&mut writer, agent_id, stop_reason, error, awaiting)
+                        .settle_approvals(&mut writer, conversation, stop_reason, error, awaiting)
                         .await?;
                     break self.close_turn(&mut writer, stop_reason, error).await?;
                 }
@@ -154,7 +158,7 @@ impl Relay {
                     // Left waiting by an earlier turn or another client: nothing can be asked
                     // until it is decided.
                     cleared_stale_approval = true;
-                    self.deny_pending(agent_id).await?;
+                    self.deny_pending(conversation).await?;
                     continue;
                 }
                 Attempt::Unknown(error) | Attempt::NotDone(error) if !error.is_retryable() => {
@@ -206,13 +210,13 @@ impl Relay {
         &self,
         writer: &mut ReplyWriter<'_>,
         delay: &DelayNotice,
-        agent_id: &str,
+        conversation: &Conversation,
         inputs: &[MessageCreate],
         row: &InboxRow,
     ) -> Result<Attempt, WorkError> {
         metrics::histogram!("letta_matrix_relay_pickup_seconds")
             .record((now_ms() - row.received_at).max(0) as f64 / 1000.0);
-        match self.letta.stream_turn(agent_id, inputs).await {
+        match self.letta.stream_turn_in(conversation, inputs).await {
             Ok(stream) => {
                 delay.over().await;
                 self.consume(writer, stream).await
@@ -309,12 +313,13 @@ impl Relay {
         &self,
         writer: &mut ReplyWriter<'_>,
         delay: &DelayNotice,
-        agent_id: &str,
+        conversation: &Conversation,
         otid: &str,
         started: Instant,
     ) -> Result<Option<TurnOutcome>, WorkError> {
+        let agent_id = conversation.agent_id();
         loop {
-            let messages = self.letta.recent_messages(agent_id, LOOKUP_WINDOW).await?;
+            let messages = self.letta.recent_messages_in(conversation, LOOKUP_WINDOW).await?;
             let Some((_, answers)) = find_turn(&messages, otid) else {
                 tracing::info!(agent_id, otid, "Letta never received this message; asking now");
                 return Ok(None);
@@ -349,11 +354,12 @@ impl Relay {
     async fn settle_approvals(
         &self,
         writer: &mut ReplyWriter<'_>,
-        agent_id: &str,
+        conversation: &Conversation,
         mut stop_reason: Option<StopReason>,
         mut error: Option<String>,
         mut awaiting: Vec<(String, String)>,
     ) -> Result<(Option<StopReason>, Option<String>), WorkError> {
+        let agent_id = conversation.agent_id();
         for _ in 0..MAX_APPROVAL_ROUNDS {
             if stop_reason != Some(StopReason::RequiresApproval) || awaiting.is_empty() {
                 break;
@@ -374,7 +380,7 @@ impl Relay {
                 calls = decisions.len(),
                 "denying tool calls that wait for approval"
             );
-            let stream = match self.letta.stream_decisions(agent_id, &decisions).await {
+            let stream = match self.letta.stream_decisions_in(conversation, &decisions).await {
                 Ok(stream) => stream,
                 Err(failure) => {
                     tracing::warn!(agent_id, error = %failure, "cannot deny the tool calls; the next turn clears them");
@@ -402,7 +408,8 @@ impl Relay {
 
     /// Denies whatever the agent waits on, and lets its reaction run its course unseen: it
     /// belongs to a turn that is over.
-    async fn deny_pending(&self, agent_id: &str) -> Result<(), WorkError> {
+    async fn deny_pending(&self, conversation: &Conversation) -> Result<(), WorkError> {
+        let agent_id = conversation.agent_id();
         let pending = self.letta.pending_approvals(agent_id).await?;
         tracing::info!(
             agent_id,
@@ -416,7 +423,7 @@ impl Relay {
             .into_iter()
             .map(|call| ApprovalDecision::deny(call, APPROVAL_DENIAL))
             .collect();
-        let mut stream = self.letta.stream_decisions(agent_id, &decisions).await?;
+        let mut stream = self.letta.stream_decisions_in(conversation, &decisions).await?;
         while let Some(event) = stream.next().await {
             if matches!(event, Ok(StreamEvent::Done) | Err(_)) {
                 break;

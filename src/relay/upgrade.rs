@@ -45,6 +45,12 @@ impl Relay {
                 self.sync_signal.notify_one();
             } else {
                 self.store.add_agent_room(new.as_str(), &agent.agent_id, kind).await?;
+                // The conversation goes on in the new room, with what it remembers.
+                if let Some(conversation) = self.store.room_conversation(&agent.agent_id, old.as_str()).await? {
+                    self.store
+                        .set_room_conversation(&agent.agent_id, new.as_str(), conversation.as_deref())
+                        .await?;
+                }
                 self.store.mark_agent_room_left(old.as_str(), &agent.agent_id).await?;
             }
             tracing::info!(agent_id = agent.agent_id, from = %old, to = %new, kind, "following a room upgrade");

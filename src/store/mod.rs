@@ -7,6 +7,7 @@
 //! every query on both real engines instead, which checks more than either one could.
 
 mod agents;
+mod conversations;
 mod history;
 mod inbox;
 mod leader;
@@ -20,6 +21,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use agents::{AgentRecord, BridgeRoom};
+pub use conversations::RoomConversation;
 pub use history::HistoryImport;
 pub use inbox::{InboxEvent, InboxRow, InboxState, NewInboxEvent};
 pub use leader::{Leadership, SessionLock};
