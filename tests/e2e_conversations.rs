@@ -153,3 +153,42 @@ async fn on_a_real_letta_what_is_said_in_the_agent_room_stays_out_of_a_dm() {
     );
     stack.stop().await;
 }
+
+/// A kill while a DM's answer streams: after the restart the turn is found by its otid in the
+/// DM's conversation, and completed, without asking Letta again.
+#[tokio::test]
+async fn a_kill_mid_answer_in_a_dm_is_recovered_from_its_conversation() {
+    let mut stack = stack("dm-crash.test", &["Helper"], &[]).await;
+    let (id, ghost) = (stack.agents[0].id.clone(), stack.agents[0].ghost.clone());
+    let dm = open_dm(&stack.alice, &ghost).await;
+    let answer = "A long answer in the DM, cut by a crash and completed from the conversation.";
+    stack.letta.script_reply(&id, answer);
+    stack.letta.set_chunk_chars(4);
+    stack.letta.set_latency(&id, Duration::ZERO, Duration::from_millis(250));
+    stack.alice.send_text(&dm, "tell me something").await.unwrap();
+    let partial = eventually("the answer starting to show", PATIENCE, || async {
+        stack.shown(&dm, &ghost).await.into_iter().find(|s| !s.body.is_empty())
+    })
+    .await;
+    assert_ne!(partial.body, answer, "the kill comes mid-answer");
+    stack.served.take().unwrap().kill().await;
+    stack.served = Some(stack.install.serve().await.unwrap());
+    let shown = eventually("the answer completed", PATIENCE, || async {
+        let shown = stack.shown(&dm, &ghost).await;
+        shown.iter().any(|s| s.body == answer).then_some(shown)
+    })
+    .await;
+    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
+    assert_eq!(shown[0].event_id, partial.event_id);
+    assert_eq!(
+        stack.letta.turn_requests(),
+        1,
+        "Letta was asked once; the answer was looked up"
+    );
+    assert_eq!(stack.letta.conversations(&id), 1);
+    assert!(
+        stack.letta.requests("GET /v1/conversations/{conversation_id}/messages") >= 1,
+        "the turn was looked up in the DM's conversation"
+    );
+    stack.stop().await;
+}
