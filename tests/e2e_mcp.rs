@@ -489,14 +489,7 @@ async fn with_a_real_letta_an_agents_message_reaches_another_and_the_answer_come
         beta_saw.contains("Message from agent Alpha") && beta_saw.contains("What is two plus two?"),
         "beta's model was told who wrote: {beta_saw}"
     );
-    eventually("beta's answer relayed on to alpha's model", PATIENCE, || async {
-        stack
-            .letta
-            .seen_text(&alpha_id)
-            .contains("two plus two is four")
-            .then_some(())
-    })
-    .await;
+    stack.letta.wait_seen(&alpha_id, "two plus two is four").await;
     client.cancel().await.unwrap();
     stack.stop().await;
 }

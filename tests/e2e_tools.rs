@@ -125,14 +125,7 @@ async fn on_a_real_letta_agents_get_the_tools_and_one_asks_another() {
         shown.into_iter().find(|m| m.body.contains("two plus two is four"))
     })
     .await;
-    eventually("beta's answer relayed on to alpha's model", PATIENCE, || async {
-        stack
-            .letta
-            .seen_text(&alpha_id)
-            .contains("two plus two is four")
-            .then_some(())
-    })
-    .await;
+    stack.letta.wait_seen(&alpha_id, "two plus two is four").await;
     let alpha_saw = stack.letta.seen_text(&alpha_id);
     assert!(
         alpha_saw.contains(beta.room.as_str()),
@@ -169,14 +162,7 @@ async fn on_a_real_letta_agents_get_the_tools_and_one_asks_another() {
         ],
     );
     stack.alice.send_text(&mallory.room, "Go on, try it.").await.unwrap();
-    eventually("mallory's model told of the refusal", PATIENCE, || async {
-        stack
-            .letta
-            .seen_text(&mallory_id)
-            .contains("does not belong to the agent")
-            .then_some(())
-    })
-    .await;
+    stack.letta.wait_seen(&mallory_id, "does not belong to the agent").await;
     let everything: Vec<_> = stack.alice.messages(&alpha.room, 100).await.unwrap();
     assert!(
         !everything

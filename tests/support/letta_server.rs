@@ -193,6 +193,16 @@ impl LettaServer {
         }
     }
 
+    /// Waits until the agent's model (or the stand-in agent) has been sent `text`.
+    pub async fn wait_seen(&self, agent_id: &str, text: &str) {
+        super::wait::eventually(
+            &format!("{text:?} sent to {agent_id}"),
+            std::time::Duration::from_secs(120),
+            || async { self.seen_text(agent_id).contains(text).then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn rename(&self, agent_id: &str, name: &str) {
         self.call(
             reqwest::Method::PATCH,
