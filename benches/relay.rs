@@ -3,10 +3,12 @@
 //! - latency: a person's send → the agent's answer in the person's `/sync`, with an instant Letta,
 //!   and our own share of it from `/metrics` (txn received → Letta asked; last token → Matrix send);
 //! - throughput: many rooms × several messages each with a 200 ms Letta, injected as appservice
-//!   transactions so that the person's own sends do not set the pace.
+//!   transactions so that the person's own sends do not set the pace: one agent per room, then
+//!   one agent in every room (DMs), with `conversation_scope` `room` and `agent`.
 //!
 //! `cargo bench --bench relay` prints the figures (needs `SYNAPSE_PYTHON`, as `scripts/test` sets).
-//! Under `cargo test` it runs the same steps small. `-- latency` or `-- throughput` runs one part.
+//! Under `cargo test` it runs the same steps small. `-- latency`, `-- throughput` or `-- one-agent`
+//! runs one part.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -46,22 +48,58 @@ async fn main() {
         SMOKE
     };
     let chosen = |part: &str| args.iter().any(|arg| arg == part);
-    let everything = !chosen("latency") && !chosen("throughput");
+    let everything = !chosen("latency") && !chosen("throughput") && !chosen("one-agent");
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     println!("## Relay on Synapse 1.163.2 ({profile} `serve`, SQLite)\n");
     if everything || chosen("latency") {
         latency(&sizes).await;
     }
     if everything || chosen("throughput") {
-        throughput(&sizes).await;
+        throughput(&sizes, Layout::AgentPerRoom).await;
+    }
+    if everything || chosen("one-agent") {
+        throughput(&sizes, Layout::OneAgent { scope: "room" }).await;
+        throughput(&sizes, Layout::OneAgent { scope: "agent" }).await;
     }
 }
 
+/// Who answers in the throughput rooms.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Each room is its own agent's room.
+    AgentPerRoom,
+    /// One agent in every room (DMs alice opened with it), with this `conversation_scope`.
+    OneAgent { scope: &'static str },
+}
+
 /// The stack with `agents` agents, alice in each of their rooms.
-async fn bench(agents: usize) -> Stack {
+async fn bench(agents: usize, settings: &[(&str, &str)]) -> Stack {
     let names: Vec<String> = (0..agents).map(|n| format!("Bench {n}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    stack(SERVER, &names, &[("LETTA_MATRIX_LOG_FILTER", "warn")]).await
+    let mut settings = settings.to_vec();
+    settings.push(("LETTA_MATRIX_LOG_FILTER", "warn"));
+    stack(SERVER, &names, &settings).await
+}
+
+/// `count` DMs alice opens with the ghost, once it has joined each.
+async fn direct_rooms(bench: &Stack, ghost: &str, count: usize) -> Vec<String> {
+    let mut rooms = Vec::new();
+    for _ in 0..count {
+        let room = bench
+            .alice
+            .create_room(json!({"is_direct": true, "preset": "trusted_private_chat", "invite": [ghost]}))
+            .await
+            .unwrap();
+        rooms.push(room);
+    }
+    for room in &rooms {
+        eventually("the ghost joining the DM", Duration::from_secs(120), || async {
+            let members = bench.alice.joined_members(room).await.ok()?;
+            members.iter().any(|m| m == ghost).then_some(())
+        })
+        .await;
+    }
+    rooms
 }
 
 /// Sends one message and long-polls `/sync` until the ghost's answer shows; returns the time.
@@ -86,7 +124,7 @@ async fn one_round_trip(bench: &Stack, ghost: &str, room: &str, since: &mut Stri
 }
 
 async fn latency(sizes: &Sizes) {
-    let bench = bench(1).await;
+    let bench = bench(1, &[]).await;
     let (room, ghost) = (bench.agents[0].room.clone(), bench.agents[0].ghost.clone());
     let mut since = bench.alice.sync(None, 0).await.unwrap()["next_batch"]
         .as_str()
@@ -133,8 +171,20 @@ async fn latency(sizes: &Sizes) {
     bench.stop().await;
 }
 
-async fn throughput(sizes: &Sizes) {
-    let bench = bench(sizes.rooms).await;
+async fn throughput(sizes: &Sizes, layout: Layout) {
+    let (bench, rooms) = match layout {
+        Layout::AgentPerRoom => {
+            let bench = bench(sizes.rooms, &[]).await;
+            let rooms = bench.agents.iter().map(|agent| agent.room.clone()).collect();
+            (bench, rooms)
+        }
+        Layout::OneAgent { scope } => {
+            let bench = bench(1, &[("LETTA_MATRIX_CONVERSATION_SCOPE", scope)]).await;
+            let ghost = bench.agents[0].ghost.clone();
+            let rooms = direct_rooms(&bench, &ghost, sizes.rooms).await;
+            (bench, rooms)
+        }
+    };
     let letta_latency = Duration::from_millis(200);
     for agent in &bench.agents {
         bench.letta.set_latency(&agent.id, letta_latency, Duration::ZERO);
@@ -149,7 +199,7 @@ async fn throughput(sizes: &Sizes) {
     };
     let mut events: Vec<Value> = Vec::new();
     for round in 0..sizes.messages_per_room {
-        for (index, room) in bench.agents.iter().map(|agent| &agent.room).enumerate() {
+        for (index, room) in rooms.iter().enumerate() {
             events.push(json!({
                 "type": "m.room.message",
                 "event_id": format!("$bench-{index}-{round}"),
@@ -164,6 +214,8 @@ async fn throughput(sizes: &Sizes) {
     let serve_pid = bench.served.as_ref().unwrap().pid() as u32;
     let synapse_pid = bench.synapse.pid().unwrap();
     let (synapse_cpu, serve_cpu) = (process_cpu_seconds(synapse_pid), process_cpu_seconds(serve_pid));
+    let homeserver_calls = |metrics: &str| counter(metrics, "letta_matrix_homeserver_requests_total ");
+    let calls_before = homeserver_calls(&metrics_of(&bench).await);
     let started = Instant::now();
     for (n, batch) in events.chunks(100).enumerate() {
         let response = http
@@ -194,35 +246,39 @@ async fn throughput(sizes: &Sizes) {
     let all_asked = started.elapsed();
     eventually("every answer posted", patience, || async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let metrics = reqwest::get(format!("{}/metrics", bench.install.base_url()))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = metrics_of(&bench).await;
         (counter(&metrics, "letta_matrix_relay_turns_total{outcome=\"answered\"}") as usize >= total).then_some(())
     })
     .await;
     let all_answered = started.elapsed();
+    let calls_per_answer = (homeserver_calls(&metrics_of(&bench).await) - calls_before) / total as f64;
     let (synapse_used, serve_used) = (
         process_cpu_seconds(synapse_pid) - synapse_cpu,
         process_cpu_seconds(serve_pid) - serve_cpu,
     );
-    let ideal = letta_latency * sizes.messages_per_room as u32;
+    // One conversation answers one message at a time; rooms with their own go side by side.
+    let ideal = match layout {
+        Layout::OneAgent { scope: "agent" } => letta_latency * total as u32,
+        _ => letta_latency * sizes.messages_per_room as u32,
+    };
     let max_concurrent = bench
         .agents
         .iter()
         .map(|agent| bench.letta.max_concurrent(&agent.id))
         .max()
         .unwrap_or(0);
+    let who = match layout {
+        Layout::AgentPerRoom => "an agent per room".to_owned(),
+        Layout::OneAgent { scope } => format!("one agent in every room, `conversation_scope = \"{scope}\"`"),
+    };
     println!(
-        "### Throughput: {} rooms × {} messages, Letta answering in 200 ms\n",
+        "### Throughput: {} rooms × {} messages, {who}, Letta answering in 200 ms\n",
         sizes.rooms, sizes.messages_per_room
     );
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| ideal (rooms fully parallel, each room in order) | {:.1} s |",
+        "| ideal (Letta's 200 ms per turn, as parallel as the layout allows) | {:.1} s |",
         ideal.as_secs_f64()
     );
     println!(
@@ -235,9 +291,21 @@ async fn throughput(sizes: &Sizes) {
         total as f64 / all_answered.as_secs_f64()
     );
     println!("| CPU used meanwhile: Synapse / letta-matrix | {synapse_used:.1} s / {serve_used:.1} s |");
+    println!("| homeserver requests per answer | {calls_per_answer:.1} |");
     println!("| most turns of one agent at once | {max_concurrent} |\n");
-    assert_eq!(max_concurrent, 1);
+    match layout {
+        Layout::AgentPerRoom | Layout::OneAgent { scope: "agent" } => assert_eq!(max_concurrent, 1),
+        Layout::OneAgent { .. } => assert!(max_concurrent > 1, "rooms with conversations of their own overlap"),
+    }
     bench.stop().await;
+}
+
+async fn metrics_of(bench: &Stack) -> String {
+    let url = format!("{}/metrics", bench.install.base_url());
+    match reqwest::get(url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
