@@ -192,3 +192,37 @@ async fn a_kill_mid_answer_in_a_dm_is_recovered_from_its_conversation() {
     );
     stack.stop().await;
 }
+
+/// The same on the real Letta: the answer Letta finished while we were down is found by its otid
+/// in the DM's conversation, and the model is not asked a second time.
+#[tokio::test]
+async fn on_a_real_letta_a_kill_mid_answer_in_a_dm_is_recovered_without_a_second_ask() {
+    let Some(letta) = LettaServer::real().await else { return };
+    let id = letta.create_agent("Survivor").await;
+    let mut stack = real_stack("real-dm-crash.test", letta, vec![id.clone()], &[]).await;
+    let ghost = stack.agents[0].ghost.clone();
+    let dm = open_dm(&stack.alice, &ghost).await;
+    let model = stack.letta.model_of(&id);
+    let answer = "Here is a long answer from the real Letta, streamed slowly so that a kill cuts it.";
+    stack.letta.script(&id, [Step::reply(answer)]);
+    stack
+        .letta
+        .model
+        .set_latency(&model, Duration::ZERO, Duration::from_millis(120));
+    stack.alice.send_text(&dm, "tell me something").await.unwrap();
+    let partial = eventually("the answer starting to show", PATIENCE, || async {
+        stack.shown(&dm, &ghost).await.into_iter().find(|s| !s.body.is_empty())
+    })
+    .await;
+    assert_ne!(partial.body, answer, "the kill comes mid-answer");
+    stack.served.take().unwrap().kill().await;
+    stack.served = Some(stack.install.serve().await.unwrap());
+    let shown = eventually("the answer completed", Duration::from_secs(120), || async {
+        let shown = stack.shown(&dm, &ghost).await;
+        shown.iter().any(|s| s.body == answer).then_some(shown)
+    })
+    .await;
+    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
+    assert_eq!(stack.letta.model.completions(&model), 1, "the model was asked once");
+    stack.stop().await;
+}

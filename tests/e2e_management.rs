@@ -61,6 +61,10 @@ async fn an_admin_manages_the_bridge_from_a_dm_with_the_bot() {
     // Nothing else is waiting: the `status` command itself is not counted.
     assert!(status.contains("relay queue: 0 events waiting in 0 rooms"), "{status}");
     assert!(
+        status.contains("conversations: scope `room`, 0 rooms with a conversation of their own"),
+        "{status}"
+    );
+    assert!(
         ask(&stack, &stack.alice, &room, "!sync")
             .await
             .contains("sync pass is starting")

@@ -566,6 +566,48 @@ async fn turns_in_two_conversations_of_one_agent_overlap(letta: &LettaServer) {
     assert_eq!(overlapped, 2, "both turns ran at once");
 }
 
+/// A turn still being answered is an active run of its agent (and conversation) until it ends:
+/// the bridge asks before deciding that a turn it cannot find never arrived.
+async fn a_turn_being_answered_is_an_active_run(letta: &LettaServer) {
+    let client = letta.client();
+    let id = letta.create_agent(&unique("busy")).await;
+    let slow = std::time::Duration::from_millis(1500);
+    match &letta.standin {
+        Some(standin) => standin.set_latency(&id, slow, std::time::Duration::ZERO),
+        None => letta
+            .model
+            .set_latency(&letta.model_of(&id), slow, std::time::Duration::ZERO),
+    }
+    let room = client.create_conversation(&id, "Room").await.unwrap();
+    for conversation in [Conversation::Default(id.clone()), room] {
+        assert!(!client.has_active_run(&conversation).await.unwrap(), "{conversation}");
+        let stream = client
+            .stream_turn_in(&conversation, &[said("take your time", &unique("otid"))])
+            .await
+            .unwrap();
+        let mut active = false;
+        for _ in 0..10 {
+            if client.has_active_run(&conversation).await.unwrap() {
+                active = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(active, "{conversation}: the turn is an active run while it is answered");
+        let events: Vec<StreamEvent> = stream.map(|event| event.unwrap()).collect().await;
+        assert_eq!(stop_of(&events), Some(StopReason::EndTurn));
+        let mut over = false;
+        for _ in 0..50 {
+            if !client.has_active_run(&conversation).await.unwrap() {
+                over = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(over, "{conversation}: no active run once the turn is over");
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod standin {
@@ -595,6 +637,7 @@ contract!(
     an_mcp_server_on_a_private_address_is_refused,
     a_conversation_keeps_its_own_messages_and_context,
     turns_in_two_conversations_of_one_agent_overlap,
+    a_turn_being_answered_is_an_active_run,
 );
 
 /// What Letta 0.16.8 really does with a conversation's context, by agent type (the stand-in has no

@@ -464,6 +464,7 @@ fn router(world: Shared) -> Router {
             "/v1/agents/{agent_id}/messages",
             get(messages::list).post(messages::send),
         )
+        .route("/v1/runs/", get(messages::runs))
         .route("/v1/conversations/", post(conversations::create))
         .route(
             "/v1/conversations/{conversation_id}/messages",

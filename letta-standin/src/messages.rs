@@ -95,6 +95,10 @@ impl Chats {
         self.by_agent.get(agent_id)?.pending.as_ref().map(|p| p.request.clone())
     }
 
+    pub(crate) fn in_flight(&self, agent_id: &str) -> usize {
+        self.by_agent.get(agent_id).map_or(0, |c| c.in_flight)
+    }
+
     pub(crate) fn max_concurrent(&self, agent_id: &str) -> usize {
         self.by_agent.get(agent_id).map_or(0, |c| c.max_in_flight)
     }
@@ -388,4 +392,24 @@ mod tests {
         assert_eq!(chunks("héllo wörld", 4), ["héll", "o wö", "rld"]);
         assert_eq!(chunks("", 4), Vec::<String>::new());
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RunsQuery {
+    agent_id: Option<String>,
+    #[serde(default)]
+    active: bool,
+}
+
+/// `GET /v1/runs/`: the stand-in keeps no runs, but says whether one of the agent's turns is still
+/// being answered (`active=true`), as the bridge asks before it decides a turn never arrived.
+pub(crate) async fn runs(State(world): State<Shared>, Query(query): Query<RunsQuery>) -> Response {
+    let world = world.lock().unwrap();
+    let running: Vec<Value> = match query.agent_id {
+        Some(agent_id) if query.active && world.chats.in_flight(&agent_id) > 0 => {
+            vec![json!({"id": format!("run-{}", uuid_like(0)), "agent_id": agent_id, "status": "running"})]
+        }
+        _ => Vec::new(),
+    };
+    Json(Value::Array(running)).into_response()
 }

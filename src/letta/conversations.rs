@@ -66,3 +66,21 @@ impl LettaClient {
         })
     }
 }
+
+impl LettaClient {
+    /// Whether Letta is running a turn of the conversation's agent (in that conversation, for
+    /// one of the agent's own): Letta 0.16.8 stores a turn's input only when the turn's step
+    /// ends, so until then a lookup by otid cannot tell "never received" from "still running".
+    pub async fn has_active_run(&self, conversation: &Conversation) -> Result<bool, LettaError> {
+        let mut path = format!(
+            "/v1/runs/?active=true&limit=1&agent_id={}",
+            encode(conversation.agent_id())
+        );
+        if let Conversation::Own { id, .. } = conversation {
+            path.push_str("&conversation_id=");
+            path.push_str(&encode(id));
+        }
+        let runs: Vec<serde_json::Value> = self.get(&path, &conversation.to_string()).await?;
+        Ok(!runs.is_empty())
+    }
+}

@@ -5,6 +5,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::incoming::Incoming;
 use super::{Relay, WorkError, reply, short_hash};
+use crate::config::ConversationScope;
 use crate::store::InboxRow;
 use crate::sync::MANAGEMENT_PREFIX;
 
@@ -121,6 +122,14 @@ impl Relay {
                 sync.agents_in_letta, sync.passes
             ),
             format!("- relay queue: {pending} events waiting in {rooms} rooms"),
+            format!(
+                "- conversations: scope `{}`, {} rooms with a conversation of their own",
+                match self.settings.raw.conversation_scope {
+                    ConversationScope::Room => "room",
+                    ConversationScope::Agent => "agent",
+                },
+                self.store.own_conversations().await?
+            ),
         ];
         if let Some(error) = sync.last_error {
             lines.push(format!("- last sync error: {error}"));

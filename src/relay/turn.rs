@@ -321,6 +321,12 @@ impl Relay {
         loop {
             let messages = self.letta.recent_messages_in(conversation, LOOKUP_WINDOW).await?;
             let Some((_, answers)) = find_turn(&messages, otid) else {
+                // Letta stores a turn's input with its answer, when the step ends: a run still
+                // going may be this very turn.
+                if started.elapsed() <= UNFINISHED_TURN_WAIT && self.letta.has_active_run(conversation).await? {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 tracing::info!(agent_id, otid, "Letta never received this message; asking now");
                 return Ok(None);
             };
