@@ -247,6 +247,7 @@ fn write_config(
         "rc_joins_per_room": generous,
         "rc_invites": {"per_room": generous, "per_user": generous, "per_issuer": generous},
         "rc_admin_redaction": generous,
+        "rc_room_creation": generous,
     });
     if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
         config.extend(extra);
