@@ -11,7 +11,7 @@ use letta_matrix::letta::LettaClient;
 use model_standin::Step;
 use serde_json::json;
 use support::letta_server::LettaServer;
-use support::stack::{real_stack, stack};
+use support::stack::{Stack, real_stack, stack};
 use support::synapse::Person;
 use support::wait::eventually;
 
@@ -34,6 +34,26 @@ async fn open_dm(alice: &Person, ghost: &str) -> String {
     })
     .await;
     dm
+}
+
+/// Asks in the DM, kills `serve` once the (slowly streamed) answer starts to show, restarts it, and
+/// checks that the one answer shown is completed by an edit of the same event.
+async fn kill_mid_answer_and_restart<L>(stack: &mut Stack<L>, dm: &str, ghost: &str, answer: &str) {
+    stack.alice.send_text(dm, "tell me something").await.unwrap();
+    let partial = eventually("the answer starting to show", PATIENCE, || async {
+        stack.shown(dm, ghost).await.into_iter().find(|s| !s.body.is_empty())
+    })
+    .await;
+    assert_ne!(partial.body, answer, "the kill comes mid-answer");
+    stack.served.take().unwrap().kill().await;
+    stack.served = Some(stack.install.serve().await.unwrap());
+    let shown = eventually("the answer completed", Duration::from_secs(120), || async {
+        let shown = stack.shown(dm, ghost).await;
+        shown.iter().any(|s| s.body == answer).then_some(shown)
+    })
+    .await;
+    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
+    assert_eq!(shown[0].event_id, partial.event_id);
 }
 
 /// The default conversation's texts, as history import reads them.
@@ -165,21 +185,7 @@ async fn a_kill_mid_answer_in_a_dm_is_recovered_from_its_conversation() {
     stack.letta.script_reply(&id, answer);
     stack.letta.set_chunk_chars(4);
     stack.letta.set_latency(&id, Duration::ZERO, Duration::from_millis(250));
-    stack.alice.send_text(&dm, "tell me something").await.unwrap();
-    let partial = eventually("the answer starting to show", PATIENCE, || async {
-        stack.shown(&dm, &ghost).await.into_iter().find(|s| !s.body.is_empty())
-    })
-    .await;
-    assert_ne!(partial.body, answer, "the kill comes mid-answer");
-    stack.served.take().unwrap().kill().await;
-    stack.served = Some(stack.install.serve().await.unwrap());
-    let shown = eventually("the answer completed", PATIENCE, || async {
-        let shown = stack.shown(&dm, &ghost).await;
-        shown.iter().any(|s| s.body == answer).then_some(shown)
-    })
-    .await;
-    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
-    assert_eq!(shown[0].event_id, partial.event_id);
+    kill_mid_answer_and_restart(&mut stack, &dm, &ghost, answer).await;
     assert_eq!(
         stack.letta.turn_requests(),
         1,
@@ -209,20 +215,7 @@ async fn on_a_real_letta_a_kill_mid_answer_in_a_dm_is_recovered_without_a_second
         .letta
         .model
         .set_latency(&model, Duration::ZERO, Duration::from_millis(120));
-    stack.alice.send_text(&dm, "tell me something").await.unwrap();
-    let partial = eventually("the answer starting to show", PATIENCE, || async {
-        stack.shown(&dm, &ghost).await.into_iter().find(|s| !s.body.is_empty())
-    })
-    .await;
-    assert_ne!(partial.body, answer, "the kill comes mid-answer");
-    stack.served.take().unwrap().kill().await;
-    stack.served = Some(stack.install.serve().await.unwrap());
-    let shown = eventually("the answer completed", Duration::from_secs(120), || async {
-        let shown = stack.shown(&dm, &ghost).await;
-        shown.iter().any(|s| s.body == answer).then_some(shown)
-    })
-    .await;
-    assert_eq!(shown.len(), 1, "one answer, completed by an edit: {shown:?}");
+    kill_mid_answer_and_restart(&mut stack, &dm, &ghost, answer).await;
     assert_eq!(stack.letta.model.completions(&model), 1, "the model was asked once");
     stack.stop().await;
 }

@@ -487,6 +487,17 @@ async fn an_mcp_server_on_a_private_address_is_refused(letta: &LettaServer) {
     }
 }
 
+/// The agent's answers start `ms` after they are asked for, on either server.
+fn first_token_after(letta: &LettaServer, id: &str, ms: u64) {
+    let slow = std::time::Duration::from_millis(ms);
+    match &letta.standin {
+        Some(standin) => standin.set_latency(id, slow, std::time::Duration::ZERO),
+        None => letta
+            .model
+            .set_latency(&letta.model_of(id), slow, std::time::Duration::ZERO),
+    }
+}
+
 async fn turn_in(letta: &LettaServer, conversation: &Conversation, inputs: &[MessageCreate]) -> Vec<StreamEvent> {
     let stream = letta.client().stream_turn_in(conversation, inputs).await.unwrap();
     stream.map(|event| event.unwrap()).collect().await
@@ -545,13 +556,7 @@ async fn a_conversation_keeps_its_own_messages_and_context(letta: &LettaServer) 
 async fn turns_in_two_conversations_of_one_agent_overlap(letta: &LettaServer) {
     let client = letta.client();
     let id = letta.create_agent(&unique("parallel")).await;
-    let slow = std::time::Duration::from_millis(600);
-    match &letta.standin {
-        Some(standin) => standin.set_latency(&id, slow, std::time::Duration::ZERO),
-        None => letta
-            .model
-            .set_latency(&letta.model_of(&id), slow, std::time::Duration::ZERO),
-    }
+    first_token_after(letta, &id, 600);
     let a = client.create_conversation(&id, "Room A").await.unwrap();
     let b = client.create_conversation(&id, "Room B").await.unwrap();
     let (one, two) = ([said("first", &unique("otid"))], [said("second", &unique("otid"))]);
@@ -571,13 +576,7 @@ async fn turns_in_two_conversations_of_one_agent_overlap(letta: &LettaServer) {
 async fn a_turn_being_answered_is_an_active_run(letta: &LettaServer) {
     let client = letta.client();
     let id = letta.create_agent(&unique("busy")).await;
-    let slow = std::time::Duration::from_millis(1500);
-    match &letta.standin {
-        Some(standin) => standin.set_latency(&id, slow, std::time::Duration::ZERO),
-        None => letta
-            .model
-            .set_latency(&letta.model_of(&id), slow, std::time::Duration::ZERO),
-    }
+    first_token_after(letta, &id, 1500);
     let room = client.create_conversation(&id, "Room").await.unwrap();
     for conversation in [Conversation::Default(id.clone()), room] {
         assert!(!client.has_active_run(&conversation).await.unwrap(), "{conversation}");
